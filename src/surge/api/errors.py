@@ -1,0 +1,74 @@
+"""One error type, each protocol's shape.
+
+v2: {"error": "message"}; OpenAI: {"error": {"message", "type", "code"}};
+everything else (admin, metrics): {"error": {"code", "message", "request_id"}}.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from surge.core.errors import SurgeError
+
+log = logging.getLogger("surge.api")
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+def _openai_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def render(request: Request, error: SurgeError) -> Response:
+    path = request.url.path
+    request_id = request.scope.get("surge.request_id", "")
+    if path.startswith("/v2"):
+        body: dict = {"error": error.message}
+    elif path.startswith("/v1"):
+        body = {"error": {"message": error.message, "type": _openai_type(error.status),
+                          "code": error.code, "param": None}}  # fmt: skip
+    else:
+        body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    state = getattr(request.app.state, "surge", None)
+    if state is not None:
+        state.count_answer(request.scope.get("surge.endpoint"), error.status)
+    return Response(orjson.dumps(body), error.status, headers, "application/json")
+
+
+async def surge_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SurgeError)
+    return render(request, exc)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    error = SurgeError(HTTP_CODES.get(exc.status_code, "http_error"), message, exc.status_code)
+    response = render(request, error)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    response = render(request, SurgeError("internal", f"internal error: {type(exc).__name__}", 500))
+    # This handler answers from outside the request-id middleware, so it adds the id itself.
+    response.headers["X-Request-Id"] = request.scope.get("surge.request_id", "")
+    return response

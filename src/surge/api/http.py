@@ -1,0 +1,66 @@
+"""What every protocol adapter shares: body limits, deadlines, timing headers."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from surge.core.clock import monotonic
+from surge.core.context import RequestContext
+from surge.core.errors import SurgeError, bad_input
+
+# Server-Timing names for the leg each stamp ends.
+TIMING_NAMES = {
+    "validated": "validate",
+    "admitted": "admit",
+    "batched": "queue",
+    "compute_start": "batch",
+    "compute_end": "compute",
+    "responded": "respond",
+    "total": "total",
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> SurgeError:
+    return SurgeError(
+        "body_too_large", f"request body of {size}+ bytes exceeds the {limit}-byte limit", 413
+    )
+
+
+def new_context(request: Request, endpoint: str, default_timeout_s: float) -> RequestContext:
+    """The request's context, with its deadline from `X-Request-Timeout-Ms` or the default."""
+    scope = request.scope
+    received = scope.get("surge.received") or monotonic()
+    timeout_s = default_timeout_s
+    raw = request.headers.get("x-request-timeout-ms")
+    if raw is not None:
+        try:
+            timeout_ms = float(raw)
+        except ValueError:
+            timeout_ms = -1.0
+        if not 0 < timeout_ms < 3_600_000:
+            raise bad_input(
+                f"X-Request-Timeout-Ms must be milliseconds in (0, 3600000), got {raw!r}"
+            )
+        timeout_s = timeout_ms / 1000.0
+    scope["surge.endpoint"] = endpoint
+    return RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
+
+
+def server_timing(ctx: RequestContext) -> str:
+    return ", ".join(
+        f"{TIMING_NAMES[stage]};dur={ms:.2f}" for stage, ms in ctx.durations_ms().items()
+    )

@@ -1,0 +1,34 @@
+"""Plain ASGI middleware: every answer carries `X-Request-Id`, kept from the client if sent."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from surge.core.clock import monotonic
+from surge.core.ids import accept_request_id
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["surge.received"] = monotonic()
+        client_id = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                client_id = value.decode("latin-1")
+                break
+        request_id = accept_request_id(client_id)
+        scope["surge.request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

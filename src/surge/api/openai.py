@@ -1,0 +1,132 @@
+"""OpenAI-compatible embeddings: `POST /v1/embeddings` and `GET /v1/models`.
+
+The official `openai` client asks for base64 by default; both encodings are served.
+An endpoint is an embeddings model when it takes one BYTES input and returns `embedding`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from surge.api.http import new_context, read_body, server_timing
+from surge.api.state import ServerState
+from surge.core.clock import monotonic
+from surge.core.errors import SurgeError, bad_input
+from surge.serving.deployment import Deployment
+
+STARTED = int(time.time())
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.surge
+
+
+def _text_input(deployment: Deployment) -> str | None:
+    runtime = deployment.replicas[0].runtime
+    texts = [t.name for t in runtime.inputs if t.datatype == "BYTES"]
+    has_embedding = any(t.name == "embedding" for t in runtime.outputs)
+    return texts[0] if len(texts) == 1 and len(runtime.inputs) == 1 and has_embedding else None
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    model: str
+    texts: list[str]
+    encoding: str
+    dimensions: int | None
+
+
+def _parse(body: bytes) -> EmbeddingsRequest:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_input(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise bad_input("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_input("'model' is required and must be a string naming an embeddings endpoint")
+    texts = payload.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise bad_input(
+            "'input' must be a string or a list of strings (token arrays are not supported)"
+        )
+    if not texts:
+        raise bad_input("'input' is an empty list; send at least one string")
+    encoding = payload.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise bad_input(f"'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or dimensions <= 0):
+        raise bad_input(f"'dimensions' must be a positive integer, got {dimensions!r}")
+    return EmbeddingsRequest(model, texts, encoding, dimensions)
+
+
+async def embeddings(request: Request) -> Response:
+    state = _state(request)
+    parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
+    deployment = state.deployment(parsed.model)
+    text_input = _text_input(deployment)
+    if text_input is None:
+        raise SurgeError(
+            "model_not_found", f"model {parsed.model!r} is not an embeddings model", 404
+        )
+    ctx = new_context(request, deployment.name, deployment.spec.timeout_s)
+    max_items = deployment.spec.batching.max_batch_size
+    if len(parsed.texts) > max_items:
+        raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")
+    width = next(
+        t.shape[1] for t in deployment.replicas[0].runtime.outputs if t.name == "embedding"
+    )
+    if parsed.dimensions is not None and parsed.dimensions != width:
+        raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
+    tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
+    ctx.stamp("validated", monotonic())
+    outputs = await deployment.infer(ctx, tensors, len(parsed.texts))
+    vectors = outputs["embedding"]
+    tokens = int(outputs["token_count"].sum()) if "token_count" in outputs else 0
+    if parsed.encoding == "base64":
+        items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+    else:
+        items = list(vectors)
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)]
+    payload = {
+        "object": "list",
+        "data": data,
+        "model": deployment.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    now = monotonic()
+    ctx.stamp("responded", now)
+    deployment.metrics.total.observe(now - ctx.received)
+    deployment.metrics.count_response(200)
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        200,
+        {"Server-Timing": server_timing(ctx)},
+        "application/json",
+    )
+
+
+async def models(request: Request) -> Response:
+    data = [
+        {"id": name, "object": "model", "created": STARTED, "owned_by": "surge"}
+        for name in _state(request).deployments
+    ]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+ROUTES = [
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", models),
+]

@@ -1,0 +1,130 @@
+"""The config schema: one YAML file, validated at start-up.
+
+Every knob is a documented field with its unit in its name. Unknown keys and
+wrong types fail with the key path and what was expected. This is the only
+module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    workers: int = Field(1, ge=1, description="server processes; cores are divided among them")
+    max_body_bytes: int = Field(8 << 20, gt=0, description="request bodies past this get 413")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish queued work")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(False, description="per-request access log (off on the hot path)")
+
+
+class BatchingConfig(Strict):
+    max_batch_size: int = Field(
+        32, ge=1, description="rows per batch; also the most rows per request"
+    )
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="longest the oldest queued request waits for a batch to fill"
+    )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="sizes dispatched at once when reachable (e.g. 8, 16)"
+    )
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> BatchingConfig:
+        bad = [s for s in self.preferred_batch_sizes if not 1 <= s <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must lie in 1..max_batch_size")
+        return self
+
+
+class EndpointConfig(Strict):
+    model: str | None = Field(None, description="model in the repository (default: endpoint name)")
+    version: str = Field("1", description="version directory that serves")
+    device: Literal["cpu", "cuda"] = "cpu"
+    replicas: int = Field(1, ge=1, description="loaded runtime instances, each on its own thread")
+    threads_per_replica: int | None = Field(
+        None, ge=1, description="intra-op threads per replica (default: the cores left / replicas)"
+    )
+    quantization: Literal["none", "int8"] = "none"
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_queue: int = Field(256, ge=1, description="queued requests before 429")
+    timeout_ms: float = Field(1000.0, gt=0, description="deadline when the client sends none")
+    warmup_batches: int = Field(3, ge=0, description="warm-up runs per batch shape per replica")
+
+
+class Config(Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model_repository: Path = Field(Path(".surge/models"), description="root of <model>/<version>/")
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+
+    def model_of(self, endpoint: str) -> str:
+        return self.endpoints[endpoint].model or endpoint
+
+
+class ConfigError(Exception):
+    """A config that cannot start a server; the message lists every problem."""
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key")
+        else:
+            lines.append(f"  {path}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load and validate a config file; no path means the built-in demo."""
+    source = Path(path) if path else DEMO_CONFIG
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(source))) from None
+    if not config.model_repository.is_absolute() and path is not None:
+        # A relative repository path means relative to the config file, except for the
+        # demo, whose models are built into the working directory.
+        config.model_repository = (source.parent / config.model_repository).resolve()
+    return config
+
+
+def config_path_from_env() -> Path | None:
+    """Multi-process workers find their config here (set by `surge serve`)."""
+    value = os.environ.get("SURGE_CONFIG")
+    return Path(value) if value else None
+
+
+def demo_repository_from_env() -> Path:
+    return Path(os.environ.get("SURGE_DEMO_REPOSITORY", ".surge/models")).resolve()
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,91 @@
+"""The runtime protocol: load an artifact, warm it up, run a batch, describe its tensors.
+
+A runtime sees only numpy arrays keyed by tensor name, the first dimension
+being the batch. BYTES tensors are 1-D object arrays of `bytes`. Runtimes know
+nothing of HTTP, queues or deadlines; the deployment calls `run` on a worker
+thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from surge.repository import ModelVersion
+
+# Open Inference Protocol datatypes and their numpy equivalents.
+NUMPY_DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 marks a variable dimension; dimension 0 is the batch
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How one replica of a runtime should run (from the endpoint's config)."""
+
+    threads: int = 1  # intra-op threads for this replica
+    device: str = "cpu"  # "cpu" or "cuda"
+    quantization: str = "none"  # "none" or "int8"
+    max_batch_size: int = 32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime(ABC):
+    """One loaded model instance. Subclasses fill `inputs` and `outputs` in `load`."""
+
+    def __init__(self, version: ModelVersion, settings: RuntimeSettings) -> None:
+        self.version = version
+        self.settings = settings
+        self.inputs: list[TensorSpec] = list(version.manifest.inputs)
+        self.outputs: list[TensorSpec] = list(version.manifest.outputs)
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the artifact. Runs once per replica, off the event loop."""
+
+    @abstractmethod
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run one batch. Every output has the same first dimension as the inputs."""
+
+    @abstractmethod
+    def warmup_inputs(self, batch_size: int) -> Tensors:
+        """A representative batch of `batch_size` rows, used before reporting ready."""
+
+    def batch_key(self, inputs: Tensors) -> int:
+        """A size measure used to group similar requests into one batch (e.g. token count).
+
+        Requests with close keys pad less when batched together. 0 means "no grouping".
+        """
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime-specific facts for `surge models` and the metadata endpoint."""
+        return {}

@@ -1,0 +1,285 @@
+"""A deployment: one model version, N replicas, one bounded queue, one batcher.
+
+This is the async driver around the sans-IO policies: it feeds the batcher
+and admission with the clock, runs batches on replica threads, and resolves
+each request's future. Decisions live in `batcher.py` and `admission.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from surge.core.clock import monotonic
+from surge.core.context import RequestContext
+from surge.core.errors import SurgeError
+from surge.observe.metrics import EndpointMetrics
+from surge.repository import ModelVersion
+from surge.runtimes.base import Runtime, RuntimeSettings, Tensors
+from surge.serving.admission import AdmissionPolicy, QueueState, admit
+from surge.serving.batcher import Batcher, BatchingPolicy, QueuedRequest
+from surge.serving.latency import BatchLatencyModel
+from surge.serving.replica import BatchResult, Replica, split
+
+log = logging.getLogger("surge.deployment")
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    ctx: RequestContext
+    tensors: Tensors
+    future: asyncio.Future[Tensors]
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    endpoint: str
+    version: ModelVersion
+    runtime_cls: type[Runtime]
+    settings: RuntimeSettings
+    replicas: int
+    batching: BatchingPolicy
+    max_queue: int
+    timeout_s: float
+    warmup_batches: int = 3
+
+
+class Deployment:
+    def __init__(
+        self, spec: DeploymentSpec, metrics: EndpointMetrics, clock: Callable[[], float] = monotonic
+    ) -> None:
+        self.spec = spec
+        self.name = spec.endpoint
+        self.metrics = metrics
+        self.clock = clock
+        self.state = "loading"  # loading -> ready -> draining -> stopped
+        self.batcher = Batcher(spec.batching)
+        self.latency = BatchLatencyModel()
+        self.admission = AdmissionPolicy(
+            spec.max_queue, spec.batching.max_batch_size, spec.batching.max_queue_delay_s
+        )
+        self.replicas: list[Replica] = []
+        self._idle: list[Replica] = []
+        self._inflight = 0
+        self._driver: asyncio.Task[None] | None = None
+        self._waker: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load and warm every replica, then start taking requests."""
+        loop = asyncio.get_running_loop()
+        self.spec.version.verify_checksums()
+        for i in range(self.spec.replicas):
+            runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
+            self.replicas.append(Replica(f"{self.name}-r{i}", runtime))
+        await asyncio.gather(
+            *(loop.run_in_executor(r.executor, self._load_and_warm, r) for r in self.replicas)
+        )
+        self._idle = list(self.replicas)
+        self._driver = loop.create_task(self._drive(), name=f"batcher-{self.name}")
+        self.state = "ready"
+
+    def _load_and_warm(self, replica: Replica) -> None:
+        replica.runtime.load()
+        top = self.spec.batching.max_batch_size
+        sizes = sorted({1, max(1, top // 4), top})
+        for size in sizes:
+            inputs = replica.runtime.warmup_inputs(size)
+            for n in range(self.spec.warmup_batches + 1):
+                result = replica.execute([inputs])
+                if n:  # the very first call of a shape pays one-off allocation costs
+                    self.latency.observe(size, result.compute_end - result.compute_start)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting; wait for queued and running work. True if all finished."""
+        if self.state == "ready":
+            self.state = "draining"
+        deadline = self.clock() + timeout_s
+        while self._inflight and self.clock() < deadline:
+            await asyncio.sleep(0.01)
+        return self._inflight == 0
+
+    async def stop(self) -> None:
+        self.state = "stopped"
+        if self._driver:
+            self._driver.cancel()
+        for request in self.batcher.take_all():
+            self._fail(request.payload, SurgeError("shutting_down", "server shut down", 503, 1.0))
+        for replica in self.replicas:
+            replica.close()
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "ready"
+
+    # -- requests ----------------------------------------------------------------
+
+    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Tensors:
+        now = self.clock()
+        ctx.rows = rows
+        try:
+            admit(
+                now=now,
+                deadline=ctx.deadline,
+                rows=rows,
+                state=self.queue_state(),
+                latency=self.latency,
+                policy=self.admission,
+                accepting=self.accepting,
+                endpoint=self.name,
+            )
+        except SurgeError as refusal:
+            self.metrics.count_rejection(refusal.code)
+            raise
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        key = self.replicas[0].runtime.batch_key(tensors)
+        self.batcher.push(
+            QueuedRequest(Pending(ctx, tensors, future), rows, now, ctx.deadline, key)
+        )
+        ctx.stamp("admitted", now)
+        self._inflight += 1
+        self.metrics.inflight.inc()
+        self._wake()
+        try:
+            return await asyncio.wait_for(future, ctx.deadline - now)
+        except TimeoutError:
+            self.metrics.count_rejection("deadline_exceeded")
+            raise SurgeError(
+                "deadline_exceeded",
+                f"deadline of {(ctx.deadline - ctx.received) * 1000:.0f} ms passed before the "
+                "answer was ready",
+                504,
+            ) from None
+        finally:
+            self._inflight -= 1
+            self.metrics.inflight.dec()
+
+    def queue_state(self) -> QueueState:
+        return QueueState(
+            queued_requests=len(self.batcher),
+            queued_rows=self.batcher.queued_rows,
+            busy_replicas=len(self.replicas) - len(self._idle),
+            replicas=len(self.replicas),
+        )
+
+    # -- the driver ----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._waker = loop.create_future()
+            now = self.clock()
+            step = self.batcher.step(now, len(self._idle))
+            for request in step.expired:
+                self.metrics.count_rejection("deadline_expired_in_queue")
+                self._fail(request.payload, SurgeError(
+                    "deadline_exceeded", "deadline passed while queued; dropped before compute",
+                    504,
+                ))  # fmt: skip
+            if step.batch:
+                self._launch(self._idle.pop(), [r.payload for r in step.batch], now)
+                continue
+            self.metrics.queue_depth.set(len(self.batcher))
+            timer = None
+            if step.wake_at is not None:
+                timer = loop.call_later(max(0.0, step.wake_at - self.clock()), self._wake)
+            await self._waker
+            if timer is not None:
+                timer.cancel()
+
+    def _launch(self, replica: Replica, batch: list[Pending], now: float) -> None:
+        live = [p for p in batch if not p.future.done()]  # drop requests whose caller left
+        for pending in live:
+            pending.ctx.stamp("batched", now)
+            self.metrics.queue_wait.observe(now - pending.ctx.stamps["admitted"])
+        if not live:
+            self._idle.append(replica)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(replica, live))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, replica: Replica, batch: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            parts = [p.tensors for p in batch]
+            try:
+                result = await loop.run_in_executor(replica.executor, replica.execute, parts)
+            except Exception as exc:
+                await self._isolate_failure(replica, batch, exc)
+                return
+            self._record(batch, result)
+            rows = [p.ctx.rows for p in batch]
+            for pending, outputs in zip(batch, split(result.outputs, rows), strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(outputs)
+        finally:
+            self._idle.append(replica)
+            self._wake()
+
+    def _record(self, batch: list[Pending], result: BatchResult) -> None:
+        rows = sum(p.ctx.rows for p in batch)
+        seconds = result.compute_end - result.compute_start
+        self.latency.observe(rows, seconds)
+        m = self.metrics
+        m.batch_size.observe(rows)
+        m.compute.observe(seconds)
+        for pending in batch:
+            ctx = pending.ctx
+            ctx.stamp("compute_start", result.compute_start)
+            ctx.stamp("compute_end", result.compute_end)
+            m.batch_formation.observe(result.compute_start - ctx.stamps["batched"])
+
+    async def _isolate_failure(
+        self, replica: Replica, batch: list[Pending], exc: Exception
+    ) -> None:
+        """One bad request must not fail its batch-mates: rerun each alone to find it."""
+        if len(batch) == 1:
+            self._fail(batch[0], _as_surge_error(exc, self.spec.version.ref))
+            return
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            try:
+                result = await loop.run_in_executor(
+                    replica.executor, replica.execute, [pending.tensors]
+                )
+            except Exception as single_exc:
+                self._fail(pending, _as_surge_error(single_exc, self.spec.version.ref))
+                continue
+            self._record([pending], result)
+            if not pending.future.done():
+                pending.future.set_result(result.outputs)
+
+    def _fail(self, pending: Pending, error: SurgeError) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+    def describe(self) -> dict[str, Any]:
+        runtime = self.replicas[0].runtime.describe() if self.replicas else {}
+        return {
+            "endpoint": self.name,
+            "model": self.spec.version.model,
+            "version": self.spec.version.version,
+            "runtime": self.spec.version.manifest.runtime,
+            "state": self.state,
+            "replicas": self.spec.replicas,
+            "threads_per_replica": self.spec.settings.threads,
+            "device": self.spec.settings.device,
+            **runtime,
+        }
+
+
+def _as_surge_error(exc: Exception, ref: str) -> SurgeError:
+    if isinstance(exc, SurgeError):
+        return exc
+    log.exception("model %s failed on a request", ref, exc_info=exc)
+    return SurgeError("model_error", f"model {ref} failed: {type(exc).__name__}: {exc}", 500)

@@ -1,0 +1,52 @@
+"""What a batch costs, learned from the batches that ran (sans-IO).
+
+Batch latency is modelled as `fixed + per_row * rows`, fitted by exponentially
+weighted least squares so the estimate follows the machine as load changes.
+Warm-up feeds it batches of several sizes before the first request arrives,
+so admission has numbers from the start.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class BatchLatencyModel:
+    decay: float = 0.95  # weight kept by the past at each new observation
+    _w: float = 0.0
+    _x: float = 0.0
+    _y: float = 0.0
+    _xx: float = 0.0
+    _xy: float = 0.0
+    observations: int = 0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self.decay
+        self._w = d * self._w + 1.0
+        self._x = d * self._x + rows
+        self._y = d * self._y + seconds
+        self._xx = d * self._xx + rows * rows
+        self._xy = d * self._xy + rows * seconds
+        self.observations += 1
+
+    def estimate_s(self, rows: int) -> float:
+        """Expected seconds for a batch of `rows` rows (0 before any observation)."""
+        if self._w == 0.0:
+            return 0.0
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        var_x = self._xx / self._w - mean_x * mean_x
+        if var_x > 1e-9:
+            slope = (self._xy / self._w - mean_x * mean_y) / var_x
+            intercept = mean_y - slope * mean_x
+            if slope >= 0 and intercept >= 0:
+                return intercept + slope * rows
+        # Too little spread in batch sizes to separate fixed and per-row cost:
+        # scale the mean per-row cost, which overestimates small batches (safe side).
+        return mean_y / max(mean_x, 1e-9) * rows
+
+    def drain_rate(self, batch_rows: int, replicas: int) -> float:
+        """Rows per second the deployment clears when batches are `batch_rows` big."""
+        seconds = self.estimate_s(batch_rows)
+        return math.inf if seconds <= 0 else replicas * batch_rows / seconds

@@ -1,0 +1,56 @@
+"""A replica: one loaded runtime and the single worker thread it runs on.
+
+Everything here runs on the replica's thread, never on the event loop:
+assembling the batch, the model call and the timing of that call.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from surge.runtimes.base import Runtime, Tensors
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: Tensors
+    compute_start: float
+    compute_end: float
+
+
+def concat(parts: list[Tensors]) -> Tensors:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
+    """Slice a batch's outputs back into per-request views."""
+    if len(rows) == 1:
+        return [outputs]
+    out: list[Tensors] = []
+    start = 0
+    for n in rows:
+        out.append({name: value[start : start + n] for name, value in outputs.items()})
+        start += n
+    return out
+
+
+class Replica:
+    def __init__(self, name: str, runtime: Runtime) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def execute(self, parts: list[Tensors]) -> BatchResult:
+        inputs = concat(parts)
+        start = time.monotonic()
+        outputs = self.runtime.run(inputs)
+        return BatchResult(outputs, start, time.monotonic())
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
