@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 from starlette.requests import Request
 
 from surge.core.clock import monotonic
@@ -32,6 +34,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo `Content-Encoding` (tritonclient can gzip or deflate requests), within the limit."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise SurgeError(
+            "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported", 415
+        )
+    # gzip: header + zlib stream; deflate as HTTP means the zlib format.
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)  # stop early on a decompression bomb
+    except zlib.error as exc:
+        raise bad_input(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise _too_large(len(out), limit)
+    return out
 
 
 def _too_large(size: int, limit: int) -> SurgeError:

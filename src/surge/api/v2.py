@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge import __version__
-from surge.api.http import new_context, read_body, server_timing
+from surge.api.http import decompress, new_context, read_body, server_timing
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
@@ -65,7 +65,10 @@ async def infer(request: Request) -> Response:
     deployment = state.deployment(params["model"], params.get("version"))
     spec = deployment.spec
     ctx = new_context(request, deployment.name, spec.timeout_s)
-    body = await read_body(request, state.config.server.max_body_bytes)
+    limit = state.config.server.max_body_bytes
+    body = decompress(
+        await read_body(request, limit), request.headers.get("content-encoding"), limit
+    )
     header_length = request.headers.get("inference-header-content-length")
     if header_length is not None and not header_length.isdigit():
         raise bad_input(

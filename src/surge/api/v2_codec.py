@@ -59,8 +59,13 @@ def decode_infer_request(
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        where = "request body" if header_length is None else "JSON header"
-        raise bad_input(f"{where} is not valid JSON: {exc}") from None
+        if header_length is None:
+            # The usual cause of binary bytes after the JSON: a lost header.
+            raise bad_input(
+                f"request body is not valid JSON ({exc}); a body carrying binary tensor data "
+                "needs an Inference-Header-Content-Length header"
+            ) from None
+        raise bad_input(f"the JSON header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise bad_input("request body must be a JSON object with an 'inputs' list")
 

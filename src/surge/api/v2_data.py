@@ -23,9 +23,15 @@ from surge.runtimes.base import NUMPY_DTYPES
 
 FLOATS = {"FP16", "FP32", "FP64"}
 _LEN = struct.Struct("<I")
-# Python types a JSON value may have per datatype. `type(True)` is bool, not
-# int, so booleans never pass as numbers and numbers never pass as BOOL.
-_ALLOWED_KINDS: dict[str, set[type]] = {"BOOL": {bool}, "BYTES": {str}}
+# Python types a JSON value may have per datatype family, and how to say so.
+# `type(True)` is bool, not int, so booleans never pass as numbers and numbers
+# never pass as BOOL.
+_ALLOWED_KINDS: dict[str, tuple[set[type], str]] = {
+    "BOOL": ({bool}, "true/false"),
+    "BYTES": ({str}, "strings"),
+    "float": ({int, float}, "numbers"),
+    "int": ({int}, "integers"),
+}
 _KIND_WORDS = {
     str: "strings",
     int: "integers",
@@ -57,10 +63,10 @@ def from_json(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np
     # One pass in C over the element types rejects strings for numbers, floats
     # for integers and booleans anywhere but BOOL before numpy could coerce them.
     kinds = set(map(type, flat))
-    allowed = _ALLOWED_KINDS.get(datatype) or ({int, float} if datatype in FLOATS else {int})
+    family = datatype if datatype in ("BOOL", "BYTES") else "float" if datatype in FLOATS else "int"
+    allowed, want = _ALLOWED_KINDS[family]
     if not kinds <= allowed:
         got = ", ".join(sorted(_KIND_WORDS.get(k, k.__name__) for k in kinds - allowed))
-        want = " or ".join(sorted(_KIND_WORDS[k] for k in allowed))
         raise bad_input(f"input '{name}': {datatype} data must be {want}; got {got}")
     if datatype == "BYTES":
         return object_array([text.encode("utf-8") for text in flat], shape)

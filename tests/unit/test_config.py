@@ -1,0 +1,70 @@
+"""Config errors name the key path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from surge.config import ConfigError, load_config
+from surge.serving.cores import plan_cores
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "surge.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_demo_config_is_valid():
+    config = load_config(None)
+    assert set(config.endpoints) == {"digits", "embed"}
+
+
+def test_unknown_keys_and_wrong_types_name_their_path(tmp_path):
+    path = write(tmp_path, """
+endpoints:
+  embed:
+    replicas: two
+    batching: {max_batch_size: 8, max_delay: 3}
+server: {port: 99999}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "endpoints.embed.replicas: Input should be a valid integer" in message
+    assert "'two'" in message
+    assert "endpoints.embed.batching.max_delay: unknown key" in message
+    assert "server.port: Input should be less than or equal to 65535" in message
+
+
+def test_preferred_sizes_must_fit_the_batch(tmp_path):
+    path = write(tmp_path, "endpoints: {e: {batching: {max_batch_size: 8, preferred_batch_sizes: [16]}}}")
+    with pytest.raises(ConfigError, match="preferred_batch_sizes"):
+        load_config(path)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "endpoints: [unclosed"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_relative_repository_is_relative_to_the_config_file(tmp_path):
+    config = load_config(write(tmp_path, "model_repository: models\n"))
+    assert config.model_repository == tmp_path / "models"
+
+
+def test_cores_are_divided_without_oversubscription(tmp_path):
+    config = load_config(write(tmp_path, """
+server: {workers: 2}
+endpoints:
+  a: {replicas: 2}
+  b: {}
+"""))
+    plan, lines = plan_cores(config, cores=8)
+    assert (plan["a"].replicas, plan["a"].threads_per_replica) == (2, 2)
+    assert (plan["b"].replicas, plan["b"].threads_per_replica) == (1, 4)
+    assert "4 core(s) per worker" in lines[0]
+    assert not any("oversubscribed" in line for line in lines)
