@@ -98,3 +98,19 @@ def test_text_is_grouped_by_length_and_the_oldest_is_always_served():
 def test_empty_queue_needs_no_wake_up():
     step = make().step(T0, 2)
     assert step == type(step)()
+
+
+def test_counts_stay_right_when_requests_leave_from_the_middle_and_by_expiry():
+    b = make(max_batch=2)
+    b.push(req("a", key=10, deadline=T0 + 5))
+    b.push(req("far", key=500, deadline=T0 + 0.5))
+    b.push(req("near", key=11, deadline=T0 + 5))
+    b.push(req("b", key=400, deadline=T0 + 5))
+    assert names(b.step(T0 + 0.1, 1)) == ["a", "near"]  # taken from the middle
+    assert len(b) == 2 and b.queued_rows == 2
+    step = b.step(T0 + 1.0, 0)
+    assert [r.payload for r in step.expired] == ["far"]
+    assert len(b) == 1 and step.wake_at == T0 + 5
+    assert names(b.step(T0 + 1.0, 1)) == ["b"]
+    assert len(b) == 0 and b.step(T0 + 1.0, 1) == type(step)()
+    assert [r.payload for r in b.take_all()] == []

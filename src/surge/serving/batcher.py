@@ -14,8 +14,10 @@ compute while the oldest is always served first (no starvation).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -35,6 +37,7 @@ class QueuedRequest:
     arrival: float
     deadline: float
     key: int = 0  # a size measure (e.g. tokens); 0 everywhere means FIFO
+    queued: bool = True  # False once taken into a batch or expired
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,24 @@ class Step:
         return sum(r.rows for r in self.batch)
 
 
-@dataclass
 class Batcher:
-    policy: BatchingPolicy
-    _queue: deque[QueuedRequest] = field(default_factory=deque)
-    _rows: int = 0
+    """Queue operations are O(log n) per request, so a long queue under overload stays cheap.
+
+    Requests leave the queue lazily: a request taken out of order (length grouping) or
+    expired is marked and skipped, and dropped from the deque when it reaches the head.
+    Deadlines sit in a heap so the earliest one is known without a scan.
+    """
+
+    def __init__(self, policy: BatchingPolicy) -> None:
+        self.policy = policy
+        self._queue: deque[QueuedRequest] = deque()
+        self._deadlines: list[tuple[float, int, QueuedRequest]] = []
+        self._seq = itertools.count()
+        self._count = 0
+        self._rows = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self._count
 
     @property
     def queued_rows(self) -> int:
@@ -65,50 +78,66 @@ class Batcher:
         if request.rows > self.policy.max_batch_size:
             raise ValueError("a request cannot be larger than max_batch_size")
         self._queue.append(request)
+        heapq.heappush(self._deadlines, (request.deadline, next(self._seq), request))
+        self._count += 1
         self._rows += request.rows
 
     def take_all(self) -> list[QueuedRequest]:
         """Empty the queue (shutdown)."""
-        out = list(self._queue)
+        out = [r for r in self._queue if r.queued]
+        for r in out:
+            self._remove(r)
         self._queue.clear()
-        self._rows = 0
+        self._deadlines.clear()
         return out
 
     def step(self, now: float, idle_replicas: int) -> Step:
         expired = self._expire(now)
-        if not self._queue:
+        if not self._count:
             return Step(expired=expired)
-        earliest_deadline = min(r.deadline for r in self._queue)
+        earliest_deadline = self._deadlines[0][0]
         if idle_replicas <= 0:
             return Step(expired=expired, wake_at=earliest_deadline)
-        size = self._close_size(now)
+        oldest = self._oldest()
+        size = self._close_size(now, oldest)
         if size == 0:
-            close_at = self._queue[0].arrival + self.policy.max_queue_delay_s
+            close_at = oldest.arrival + self.policy.max_queue_delay_s
             return Step(expired=expired, wake_at=min(close_at, earliest_deadline))
-        return Step(batch=self._form(size), expired=expired)
+        return Step(batch=self._form(size, oldest), expired=expired)
+
+    def _remove(self, request: QueuedRequest) -> None:
+        request.queued = False
+        self._count -= 1
+        self._rows -= request.rows
+
+    def _oldest(self) -> QueuedRequest:
+        while not self._queue[0].queued:
+            self._queue.popleft()
+        return self._queue[0]
 
     def _expire(self, now: float) -> tuple[QueuedRequest, ...]:
-        if not any(r.deadline <= now for r in self._queue):
-            return ()
-        gone = tuple(r for r in self._queue if r.deadline <= now)
-        self._queue = deque(r for r in self._queue if r.deadline > now)
-        self._rows -= sum(r.rows for r in gone)
-        return gone
+        gone: list[QueuedRequest] = []
+        heap = self._deadlines
+        while heap and (heap[0][0] <= now or not heap[0][2].queued):
+            _, _, request = heapq.heappop(heap)
+            if request.queued:
+                self._remove(request)
+                gone.append(request)
+        return tuple(gone)
 
-    def _close_size(self, now: float) -> int:
+    def _close_size(self, now: float, oldest: QueuedRequest) -> int:
         """How many rows the batch closing now may take; 0 means keep waiting."""
         policy = self.policy
         if self._rows >= policy.max_batch_size:
             return policy.max_batch_size
-        if now >= self._queue[0].arrival + policy.max_queue_delay_s:
+        if now >= oldest.arrival + policy.max_queue_delay_s:
             return self._rows
         reachable = [s for s in policy.preferred_batch_sizes if s <= self._rows]
         return max(reachable) if reachable else 0
 
-    def _form(self, size: int) -> tuple[QueuedRequest, ...]:
-        anchor = self._queue[0]
+    def _form(self, size: int, anchor: QueuedRequest) -> tuple[QueuedRequest, ...]:
         window_len = size * self.policy.grouping_window_batches
-        window = [r for _, r in zip(range(window_len), self._queue, strict=False)]
+        window = list(itertools.islice((r for r in self._queue if r.queued), window_len))
         if len(window) > 1 and any(r.key for r in window):
             # Oldest first, then the closest in length; ties by age (window order).
             order = sorted(range(1, len(window)), key=lambda i: abs(window[i].key - anchor.key))
@@ -123,9 +152,8 @@ class Batcher:
                 rows += request.rows
                 if rows == size:
                     break
-        taken = set(map(id, chosen))
-        self._queue = deque(r for r in self._queue if id(r) not in taken)
-        self._rows -= rows
+        for request in chosen:
+            self._remove(request)
         # Keep arrival order inside the batch so results map back predictably.
         chosen.sort(key=lambda r: r.arrival)
         return tuple(chosen)
