@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
-from surge.config import Config, ConfigError, demo_repository_from_env, load_config
+from surge.config import (
+    Config,
+    ConfigError,
+    demo_repository_from_env,
+    export_for_workers,
+    load_config,
+)
+from surge.observe.logs import configure_logging
 
 
 def _load(path: str | None) -> Config:
@@ -32,9 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.workers:
         server.workers = args.workers
-    logging.basicConfig(
-        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(server.log_level)
     if args.config is None:
         from surge.demo.build import ensure_demo_models
 
@@ -53,8 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(config), **common)
     else:
         # Each worker process builds its own app from the same config file.
-        os.environ["SURGE_CONFIG"] = str(Path(args.config).resolve()) if args.config else ""
-        os.environ["SURGE_DEMO_REPOSITORY"] = str(config.model_repository)
+        export_for_workers(Path(args.config) if args.config else None, config)
         uvicorn.run("surge.api.app:app_from_env", factory=True, workers=server.workers, **common)
     return 0
 

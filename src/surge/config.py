@@ -113,14 +113,25 @@ def load_config(path: Path | None = None) -> Config:
     return config
 
 
-def config_path_from_env() -> Path | None:
-    """Multi-process workers find their config here (set by `surge serve`)."""
-    value = os.environ.get("SURGE_CONFIG")
-    return Path(value) if value else None
-
-
 def demo_repository_from_env() -> Path:
     return Path(os.environ.get("SURGE_DEMO_REPOSITORY", ".surge/models")).resolve()
+
+
+def export_for_workers(config_path: Path | None, config: Config) -> None:
+    """Hand a worker process what `surge serve` resolved (config file, repository, workers)."""
+    os.environ["SURGE_CONFIG"] = str(config_path.resolve()) if config_path else ""
+    os.environ["SURGE_DEMO_REPOSITORY"] = str(config.model_repository)
+    os.environ["SURGE_WORKERS"] = str(config.server.workers)
+
+
+def load_worker_config() -> Config:
+    """The config as `surge serve` resolved it, read back inside a worker process."""
+    value = os.environ.get("SURGE_CONFIG")
+    config = load_config(Path(value) if value else None)
+    if not value:
+        config.model_repository = demo_repository_from_env()
+    config.server.workers = int(os.environ.get("SURGE_WORKERS", config.server.workers))
+    return config
 
 
 def cpu_count() -> int:

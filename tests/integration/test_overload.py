@@ -96,7 +96,15 @@ def test_deadlines_refuse_or_expire_instead_of_answering_late(slow_repo, tmp_pat
 def test_sigterm_finishes_in_flight_and_queued_work_and_exits_0(slow_repo, tmp_path):
     async def scenario(server) -> tuple[list[httpx.Response], int]:
         pending = asyncio.ensure_future(burst(server.url, 8))
-        await asyncio.sleep(0.05)  # requests are queued or running
+        async with httpx.AsyncClient() as probe:
+            # SIGTERM once all 8 have reached the server: some running, the rest queued.
+            gauge = 'surge_inflight_requests{endpoint="slow"} 8.0'
+            for _ in range(1000):
+                if gauge in (await probe.get(f"{server.url}/metrics")).text:
+                    break
+                await asyncio.sleep(0.002)
+            else:
+                pytest.fail("the 8 requests never were in flight together")
         server.process.send_signal(signal.SIGTERM)
         responses = await pending
         return responses, await asyncio.to_thread(server.process.wait, 30)

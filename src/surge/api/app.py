@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -17,8 +20,9 @@ from surge.api import openai, v2
 from surge.api.errors import http_error_handler, surge_error_handler, unexpected_error_handler
 from surge.api.middleware import RequestIdMiddleware
 from surge.api.state import ServerState
-from surge.config import Config, config_path_from_env, load_config
+from surge.config import Config, load_worker_config
 from surge.core.errors import SurgeError
+from surge.observe.logs import configure_logging
 
 
 async def metrics(request: Request) -> Response:
@@ -33,6 +37,7 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.surge = server_state
         await server_state.start()
+        _drain_on_sigterm(server_state)
         try:
             yield
         finally:
@@ -50,6 +55,23 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
     )
 
 
+def _drain_on_sigterm(state: ServerState) -> None:
+    """Mark the server draining (ready probes and new requests get 503) as soon as
+    SIGTERM arrives, then let uvicorn's own handler run its graceful shutdown."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        state.begin_draining()
+        previous(signum, frame)
+
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to wrap
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def app_from_env() -> Starlette:
     """Factory for multi-worker mode: each worker process builds its own app."""
-    return create_app(load_config(config_path_from_env()))
+    config = load_worker_config()
+    configure_logging(config.server.log_level)
+    return create_app(config)

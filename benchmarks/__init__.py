@@ -1,0 +1,1 @@
+"""Reproducible serving benchmarks: `python -m benchmarks.run` (see README.md here)."""
