@@ -16,9 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -72,9 +73,7 @@ class ServerProcess:
         # Exited threads' time stays in the process total; attribute it to "other".
         proc = psutil.Process(self.pid)
         total = proc.cpu_times()
-        main = next(
-            (t.user_time + t.system_time for t in proc.threads() if t.id == self.pid), 0.0
-        )
+        main = next((t.user_time + t.system_time for t in proc.threads() if t.id == self.pid), 0.0)
         return CpuSample(time.monotonic(), main, total.user + total.system - main)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -136,7 +135,7 @@ def surge_server(
     """`surge serve` with a config of just these endpoints, as a user would run it."""
     port = free_port()
     config = {
-        "model_repository": str(repository),
+        "model_repository": str(Path(repository).resolve()),
         "server": {"host": "127.0.0.1", "port": port, "log_level": "info"},
         "endpoints": endpoints,
     }
@@ -155,3 +154,99 @@ def bare_server(workdir: Path) -> Iterator[ServerProcess]:
     argv = [sys.executable, "-m", "benchmarks.bare_app", "--port", str(port)]
     with run_process("bare", argv, port, workdir, "/v2/health/ready") as server:
         yield server
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), for background-load checks."""
+    t = psutil.cpu_times()
+    # Not sum(t): guest time is already inside user, and steal is not work done here.
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """surge's own Prometheus counters, sums and counts (histogram buckets left out)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("surge_") and "_bucket{" not in line and "_created" not in line:
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the server counted during one run, and the means that explain it."""
+    delta = {k: round(v - before.get(k, 0.0), 6) for k, v in after.items()}
+    delta = {k: v for k, v in delta.items() if v and "gauge" not in k and "_ready" not in k}
+    out: dict[str, Any] = {"counters": delta}
+    for endpoint in {
+        k.split('endpoint="', 1)[1].split('"', 1)[0] for k in delta if "endpoint=" in k
+    }:
+        rows = delta.get(f'surge_batch_size_rows_sum{{endpoint="{endpoint}"}}', 0.0)
+        batches = delta.get(f'surge_batch_size_rows_count{{endpoint="{endpoint}"}}', 0.0)
+        if batches:
+            out[endpoint] = {"batches": batches, "mean_batch_rows": round(rows / batches, 2)}
+            for stage in ("queue_wait", "batch_formation", "compute", "total"):
+                key = f'surge_stage_latency_seconds_%s{{endpoint="{endpoint}",stage="{stage}"}}'
+                n = delta.get(key % "count", 0.0)
+                if n:
+                    out[endpoint][f"mean_{stage}_ms"] = round(delta[key % "sum"] / n * 1000, 2)
+    return out
+
+
+def wait_for_quiet(
+    log: Callable[[str], None],
+    max_busy_cores: float = 0.3,
+    window_s: float = 2.0,
+    max_wait_s: float = 60.0,
+) -> float:
+    """Wait (bounded) until other processes leave the machine nearly idle; return their load.
+
+    On a shared machine another job's CPU use lands in every figure. Waiting for a quiet
+    window before each measured run removes most of it; what remains is reported per run.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy = machine_busy()
+        time.sleep(window_s)
+        cores = (machine_busy() - busy) / window_s
+        if cores <= max_busy_cores or time.monotonic() > deadline:
+            if cores > max_busy_cores:
+                log(f"machine still busy ({cores:.2f} cores used by others); measuring anyway")
+            return cores
+
+
+def measure(
+    server: ServerProcess, load: Callable[[], dict[str, Any]], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run `load` and add what it cost: the server's CPU, split into its event loop and the
+    rest, per request; what the server counted (batch sizes, stage times, refusals); and the
+    machine's CPU that neither the server nor the generator used (other work on a shared
+    machine skews every figure, so each run says how much there was).
+    """
+    quiet_before = wait_for_quiet(log)
+    metrics_before = scrape_metrics(server.url)
+    before, busy_before = server.cpu(), machine_busy()
+    result = load()
+    after, busy_after = server.cpu(), machine_busy()
+    result["server_metrics"] = metrics_delta(metrics_before, scrape_metrics(server.url))
+    result["background_cores_before"] = round(quiet_before, 3)
+    cpu = after.since(before)
+    wall = max(after.wall - before.wall, 1e-9)
+    answered = max(result["requests"], 1)
+    result["server"] = {
+        **cpu,
+        "cpu_us_per_request": round(cpu["cpu_s"] / answered * 1e6, 1),
+        "loop_cpu_us_per_request": round(cpu["loop_cores"] * wall / answered * 1e6, 1),
+        "rss_mb": round(server.rss_mb(), 1),
+    }
+    machine = (busy_after - busy_before) / wall
+    result["machine_busy_cores"] = round(machine, 3)
+    result["background_cores"] = round(
+        max(0.0, machine - cpu["total_cores"] - result["generator_cores"]), 3
+    )
+    return result

@@ -94,9 +94,15 @@ def run(
         lua.write_text(script(bodies, all_headers, cap))
         out = Path(tmp) / "stdout"
         argv = [
-            "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-            f"--timeout={timeout_s:g}s", "-s", str(lua), url,
-        ]  # fmt: skip
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            f"--timeout={timeout_s:g}s",
+            "-s",
+            str(lua),
+            url,
+        ]
         with out.open("wb") as stdout:
             started = time.monotonic()
             process = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT)

@@ -17,10 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from surge.demo.build import ensure_demo_models
-
 REPO_ROOT = Path(__file__).parents[2]
-DEMO_MODELS = REPO_ROOT / ".surge" / "models"
 
 
 def free_port() -> int:
@@ -79,12 +76,6 @@ def run_server(config: dict, workdir: Path, start_timeout_s: float = 180) -> Ite
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-@pytest.fixture(scope="session")
-def demo_models() -> Path:
-    ensure_demo_models(DEMO_MODELS)
-    return DEMO_MODELS
 
 
 DEMO_ENDPOINTS = {

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import run_server
+
 from surge.repository import write_manifest
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import time
 
 class Model:
     def predict(self, batch):
         time.sleep(0.05)  # 50 ms per batch, whatever its size
         return {"output": batch["input"] * 2}
-'''
+"""
 
 BODY = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
 
@@ -74,8 +74,9 @@ def test_burst_past_the_queue_bound_gets_200_or_429_and_none_is_lost(slow_repo, 
         # The server is still healthy and the refusals are counted by reason.
         assert httpx.post(f"{server.url}/v2/models/slow/infer", content=BODY).status_code == 200
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert f'surge_rejected_requests_total{{endpoint="slow",reason="queue_full"}} {codes[429]}.0' in (
-            metrics
+        assert (
+            f'surge_rejected_requests_total{{endpoint="slow",reason="queue_full"}} {codes[429]}.0'
+            in (metrics)
         )
 
 

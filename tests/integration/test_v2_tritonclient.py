@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tritonclient.utils import InferenceServerException
-
 from conftest import digits_rows
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")

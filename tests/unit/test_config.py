@@ -22,13 +22,16 @@ def test_the_demo_config_is_valid():
 
 
 def test_unknown_keys_and_wrong_types_name_their_path(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 endpoints:
   embed:
     replicas: two
     batching: {max_batch_size: 8, max_delay: 3}
 server: {port: 99999}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     message = str(info.value)
@@ -39,7 +42,9 @@ server: {port: 99999}
 
 
 def test_preferred_sizes_must_fit_the_batch(tmp_path):
-    path = write(tmp_path, "endpoints: {e: {batching: {max_batch_size: 8, preferred_batch_sizes: [16]}}}")
+    path = write(
+        tmp_path, "endpoints: {e: {batching: {max_batch_size: 8, preferred_batch_sizes: [16]}}}"
+    )
     with pytest.raises(ConfigError, match="preferred_batch_sizes"):
         load_config(path)
 
@@ -57,12 +62,17 @@ def test_relative_repository_is_relative_to_the_config_file(tmp_path):
 
 
 def test_cores_are_divided_without_oversubscription(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 server: {workers: 2}
 endpoints:
   a: {replicas: 2}
   b: {}
-"""))
+""",
+        )
+    )
     plan, lines = plan_cores(config, cores=8)
     assert (plan["a"].replicas, plan["a"].threads_per_replica) == (2, 2)
     assert (plan["b"].replicas, plan["b"].threads_per_replica) == (1, 4)

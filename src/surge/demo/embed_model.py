@@ -45,12 +45,12 @@ def export(version_dir: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".embed-build-", dir=version_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the version dir is meant to be shared
     try:
-        # Eager attention traces to plain MatMul/Softmax, which ORT's BERT fusions
-        # recognise; SDPA's Python-side `is_causal` checks would be baked into the trace.
+        # Eager attention exports to plain MatMul/Softmax; the SDPA path adds NaN guards
+        # and Python-side checks (`is_causal`) that the tracer freezes into constants.
         bert = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
         encoder = _last_hidden_state(torch, bert)
-        # Reference outputs on shapes the trace has not seen, taken before export
-        # (tracing can leave transformers' cached state in the module).
+        # Reference outputs on shapes the trace has not seen: the tracer turns Python
+        # conditions into constants, and a trace that did so wrongly fails on other shapes.
         check = _check_batch(torch)
         with torch.no_grad():
             expected = encoder(*check).numpy()
@@ -65,7 +65,9 @@ def export(version_dir: Path) -> None:
                 str(tmp / "model.onnx"),
                 input_names=NAMES,
                 output_names=["last_hidden_state"],
-                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*NAMES, "last_hidden_state"]},
+                dynamic_axes={
+                    n: {0: "batch", 1: "sequence"} for n in [*NAMES, "last_hidden_state"]
+                },
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -93,6 +95,8 @@ def _last_hidden_state(torch: Any, bert: Any) -> Any:
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
 
+    # eval() on the wrapper too: the exporter restores the top module's training flag
+    # recursively after export, which would otherwise switch dropout on in `bert`.
     return LastHiddenState().eval()
 
 

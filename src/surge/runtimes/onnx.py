@@ -18,7 +18,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from surge.core.errors import bad_input
 from surge.runtimes.base import Runtime, Tensors, TensorSpec
-from surge.runtimes.onnx_session import ORT_TYPES, compare_rows, open_sessions
+from surge.runtimes.onnx_session import compare_rows, open_sessions, ort_type
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,11 @@ class OnnxRuntime(Runtime):
     def load(self) -> None:
         self.session, fp32 = open_sessions(self.version, self.settings)
         if not self.inputs:
-            self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
+            self.inputs = [self._spec(arg) for arg in self.session.get_inputs()]
         if not self.outputs:
-            self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
-        self._dtypes = {arg.name: ORT_TYPES[arg.type][1] for arg in self.session.get_inputs()}
+            self.outputs = [self._spec(arg) for arg in self.session.get_outputs()]
+        ref = self.version.ref
+        self._dtypes = {arg.name: ort_type(arg, ref)[1] for arg in self.session.get_inputs()}
         self._output_names = [spec.name for spec in self.outputs]
         self._quality: dict[str, Any] = {}
         if fp32 is not None:
@@ -49,7 +50,9 @@ class OnnxRuntime(Runtime):
             try:
                 feed[name] = np.asarray(inputs[name], dtype=dtype)
             except (TypeError, ValueError) as exc:
-                raise bad_input(f"input {name!r} cannot be read as {dtype.__name__}: {exc}") from exc
+                raise bad_input(
+                    f"input {name!r} cannot be read as {dtype.__name__}: {exc}"
+                ) from exc
         try:
             results = self.session.run(self._output_names, feed)
         except InvalidArgument as exc:
@@ -65,6 +68,11 @@ class OnnxRuntime(Runtime):
             "threads": self.settings.threads,
             **self._quality,
         }
+
+    def _spec(self, arg: Any) -> TensorSpec:
+        # Symbolic ("batch") and unknown (None) dims are variable.
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+        return TensorSpec(arg.name, ort_type(arg, self.version.ref)[0], shape)
 
     def _measure_int8(self, fp32: ort.InferenceSession) -> dict[str, Any]:
         batch = self.warmup_inputs(QUALITY_ROWS)
@@ -83,13 +91,6 @@ class OnnxRuntime(Runtime):
         if ref.ndim >= 2 and ref.shape[-1] > 1:
             report["argmax_agreement"] = float(np.mean(ref.argmax(-1) == cand.argmax(-1)))
         return report
-
-
-def _spec(arg: Any) -> TensorSpec:
-    datatype = ORT_TYPES[arg.type][0]
-    # Symbolic ("batch") and unknown (None) dims are variable.
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
-    return TensorSpec(arg.name, datatype, shape)
 
 
 def _random_inputs(

@@ -1,0 +1,186 @@
+"""The embeddings runtime called directly: the ceiling any server of it can reach.
+
+No HTTP, no event loop, no queue: the orchestrator's own thread calls
+`runtime.run` back to back. This is the denominator of the HTTP ratios and
+the setting for the int8-vs-fp32 comparison.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks.loadgen import percentiles
+from benchmarks.report import Report
+from benchmarks.servers import machine_busy, wait_for_quiet
+from benchmarks.settings import BATCH_SIZES, Settings
+from benchmarks.workload import SENTENCES, varied_sentences
+from surge.repository import ModelRepository
+from surge.runtimes.base import Runtime, RuntimeSettings
+from surge.runtimes.registry import runtime_class
+
+
+def load_embed(repository: Path, threads: int, quantization: str = "none") -> Runtime:
+    version = ModelRepository(repository).version("embed", "1")
+    settings = RuntimeSettings(threads=threads, max_batch_size=32, quantization=quantization)
+    runtime = runtime_class(version.manifest.runtime)(version, settings)
+    runtime.load()
+    return runtime
+
+
+def as_text(texts: list[str]) -> np.ndarray:
+    """A BYTES tensor as the v2 adapter hands it to the runtime: 1-D object array of bytes."""
+    out = np.empty(len(texts), dtype=object)
+    out[:] = [t.encode("utf-8") for t in texts]
+    return out
+
+
+def throughput(
+    runtime: Runtime, sentences: list[str], batch_size: int, duration_s: float, max_batches: int
+) -> dict[str, Any]:
+    """Embeddings per second at one batch size, cycling through `sentences`."""
+    n = len(sentences)
+    batches = [
+        as_text([sentences[(k * batch_size + j) % n] for j in range(batch_size)])
+        for k in range(n)  # n batches cover every rotation of the sentence set
+    ]
+    for batch in batches[:3]:  # first calls of a shape pay one-off allocations
+        runtime.run({"text": batch})
+    process = psutil.Process()
+    cpu_before, busy_before = process.cpu_times(), machine_busy()
+    times: list[float] = []
+    started = time.perf_counter()
+    end = started + duration_s
+    while time.perf_counter() < end and len(times) < max_batches:
+        t0 = time.perf_counter()
+        runtime.run({"text": batches[len(times) % len(batches)]})
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    cpu_after, busy_after = process.cpu_times(), machine_busy()
+    own = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / wall
+    return {
+        "batch_size": batch_size,
+        "batches": len(times),
+        "emb_per_s": round(len(times) * batch_size / wall, 1),
+        "batch_ms": percentiles(times),
+        "process_cores": round(own, 3),
+        "background_cores": round(max(0.0, (busy_after - busy_before) / wall - own), 3),
+    }
+
+
+def embed_all(runtime: Runtime, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
+    """Every text's embedding in order, and the seconds that took."""
+    started = time.perf_counter()
+    parts = [
+        runtime.run({"text": as_text(texts[i : i + batch_size])})["embedding"]
+        for i in range(0, len(texts), batch_size)
+    ]
+    return np.concatenate(parts), time.perf_counter() - started
+
+
+def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    return np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-12)
+
+
+def bench_inprocess(settings: Settings, report: Report, log: Callable[[str], None]) -> float:
+    """(1) emb/s at each batch size; returns the best, the HTTP benchmarks' denominator."""
+    runtime = load_embed(settings.repository, settings.threads)
+    sweep = []
+    for size in BATCH_SIZES:
+        wait_for_quiet(log)
+        result = throughput(runtime, SENTENCES, size, settings.durations.inprocess_s, 100_000)
+        log(f"inprocess batch {size}: {result['emb_per_s']} emb/s, {result['process_cores']} cores")
+        sweep.append(result)
+    del runtime
+    gc.collect()
+    best = max(sweep, key=lambda r: r["emb_per_s"])
+    report.details["inprocess"] = {"threads": settings.threads, "sweep": sweep}
+    report.add(
+        "inprocess",
+        "best throughput",
+        best["emb_per_s"],
+        "emb/s",
+        f"batch {best['batch_size']}, {settings.threads} ORT threads, one sentence per row",
+    )
+    for r in sweep:
+        report.add(
+            "inprocess",
+            f"batch {r['batch_size']}",
+            r["emb_per_s"],
+            "emb/s",
+            f"batch p50 {r['batch_ms']['p50']:.1f} ms; {r['process_cores']} cores busy, "
+            f"background {r['background_cores']}",
+        )
+    return best["emb_per_s"]
+
+
+def bench_int8(settings: Settings, report: Report, log: Callable[[str], None]) -> None:
+    """(6) int8 vs fp32: throughput on the serving sentences, cosine on varied texts."""
+    started = time.perf_counter()
+    fp32 = load_embed(settings.repository, settings.threads, "none")
+    int8 = load_embed(settings.repository, settings.threads, "int8")
+    load_s = time.perf_counter() - started
+    runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "int8": []}
+    for _ in range(settings.durations.int8_rounds):  # alternate: background drift hits both
+        for name, runtime in (("fp32", fp32), ("int8", int8)):
+            wait_for_quiet(log)
+            result = throughput(runtime, SENTENCES, 32, settings.durations.inprocess_s, 100_000)
+            runs[name].append(result)
+    best = {name: max(r["emb_per_s"] for r in rs) for name, rs in runs.items()}
+    varied = varied_sentences(256)
+    reference, fp32_s = embed_all(fp32, varied, 32)
+    candidate, int8_s = embed_all(int8, varied, 32)
+    del fp32, int8
+    gc.collect()
+    cosine = cosine_rows(reference, candidate)
+    worst = int(cosine.argmin())
+    log(f"int8: {best}, cosine mean {cosine.mean():.4f} min {cosine.min():.4f}")
+    report.details["int8"] = {
+        "runs": runs,
+        "load_both_s": round(load_s, 2),
+        "varied_texts": len(varied),
+        "distinct_varied_texts": len(set(varied)),
+        "varied_fp32_s": round(fp32_s, 3),
+        "varied_int8_s": round(int8_s, 3),
+        "cosine_p01": round(float(np.quantile(cosine, 0.01)), 5),
+        "worst_text": varied[worst][:300],
+    }
+    report.add("int8", "fp32 throughput", best["fp32"], "emb/s", "batch 32, serving sentences")
+    report.add("int8", "int8 throughput", best["int8"], "emb/s", "batch 32, serving sentences")
+    report.add(
+        "int8",
+        "int8 / fp32 throughput",
+        round(best["int8"] / best["fp32"], 3),
+        "x",
+        "batch 32, serving sentences",
+    )
+    report.add(
+        "int8",
+        "int8 / fp32 throughput, varied texts",
+        round(fp32_s / int8_s, 3),
+        "x",
+        f"{len(varied)} texts of 1-400 words, batch 32",
+    )
+    report.add(
+        "int8",
+        "cosine int8 vs fp32, mean",
+        round(float(cosine.mean()), 5),
+        "",
+        f"{len(varied)} varied texts",
+    )
+    report.add(
+        "int8",
+        "cosine int8 vs fp32, min",
+        round(float(cosine.min()), 5),
+        "",
+        f"{len(varied)} varied texts",
+    )
