@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -25,7 +26,7 @@ V2_CASES = {
     "wrong shape": (orjson.dumps(v2(shape=[1, 63], data=ROW[:63])), 400, "shape"),
     "data count vs shape": (orjson.dumps(v2(shape=[2, 64])), 400, "128"),
     "strings for numbers": (orjson.dumps(v2(rows=["a"] * 64)), 400, "input"),
-    "non-finite": (NON_FINITE, 400, ""),
+    "NaN literal": (NON_FINITE, 400, "JSON"),
     "empty batch": (orjson.dumps(v2(shape=[0, 64], data=[])), 400, "empty"),
     "oversized batch": (orjson.dumps(v2(shape=[65, 64], data=ROW * 65)), 400, "64"),
 }
@@ -46,6 +47,19 @@ def test_nan_in_float_data_is_refused(demo_server):
     # orjson writes NaN as null; either way the server must refuse it, not compute on it.
     r = httpx.post(f"{demo_server.url}/v2/models/digits/infer", content=body)
     assert r.status_code == 400
+
+
+def test_nan_in_binary_tensor_data_is_refused(demo_server):
+    data = np.array([[np.nan] + [1.0] * 63], dtype="<f4").tobytes()
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 64],
+              "parameters": {"binary_data_size": len(data)}}  # fmt: skip
+    header = orjson.dumps({"inputs": [tensor]})
+    r = httpx.post(
+        f"{demo_server.url}/v2/models/digits/infer",
+        content=header + data,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 400 and "finite" in r.json()["error"]
 
 
 def test_body_past_the_limit_is_413(demo_server):

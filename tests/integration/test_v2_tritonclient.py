@@ -73,3 +73,15 @@ def test_unknown_model_and_version_are_client_errors(client):
         client.infer("nope", [inp])
     with pytest.raises(InferenceServerException, match="no version '9'"):
         client.infer("digits", [inp], model_version="9")
+
+
+def test_admin_view_shows_how_each_endpoint_runs(demo_server):
+    import httpx
+
+    views = {e["endpoint"]: e for e in httpx.get(f"{demo_server.url}/admin/endpoints").json()[
+        "endpoints"
+    ]}  # fmt: skip
+    embed = views["embed"]
+    assert embed["state"] == "ready" and embed["runtime"] == "embeddings"
+    assert embed["max_seq_length"] == 256 and embed["providers"] == ["CPUExecutionProvider"]
+    assert embed["batch_latency_ms"]["32"] > embed["batch_latency_ms"]["1"] > 0
