@@ -44,7 +44,15 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
             await server_state.shutdown()
 
     return Starlette(
-        routes=[*v2.ROUTES, *openai.ROUTES, *admin.ROUTES, Route("/metrics", metrics)],
+        # Inference routes first: Starlette tries routes in order, and they are the hot path.
+        routes=[
+            *v2.INFER_ROUTES,
+            *openai.INFER_ROUTES,
+            *v2.ROUTES,
+            *openai.ROUTES,
+            *admin.ROUTES,
+            Route("/metrics", metrics),
+        ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             SurgeError: surge_error_handler,

@@ -10,30 +10,41 @@ from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError, bad_input
 
-# Server-Timing names for the leg each stamp ends.
-TIMING_NAMES = {
-    "validated": "validate",
-    "admitted": "admit",
-    "batched": "queue",
-    "compute_start": "batch",
-    "compute_end": "compute",
-    "responded": "respond",
-    "total": "total",
-}
+# Server-Timing names for the leg each stamp ends, in relay order.
+TIMING_LEGS = (
+    ("validated", "validate"),
+    ("admitted", "admit"),
+    ("batched", "queue"),
+    ("compute_start", "batch"),
+    ("compute_end", "compute"),
+    ("responded", "respond"),
+)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header collected by `RequestIdMiddleware` (lower-case name)."""
+    return request.scope["surge.headers"].get(name)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise SurgeError("client_disconnected", "the client went away mid-request", 400)
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(size, limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -66,7 +77,7 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
     scope = request.scope
     received = scope.get("surge.received") or monotonic()
     timeout_s = default_timeout_s
-    raw = request.headers.get("x-request-timeout-ms")
+    raw = header(request, b"x-request-timeout-ms")
     if raw is not None:
         try:
             timeout_ms = float(raw)
@@ -82,6 +93,14 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
 
 
 def server_timing(ctx: RequestContext) -> str:
-    return ", ".join(
-        f"{TIMING_NAMES[stage]};dur={ms:.2f}" for stage, ms in ctx.durations_ms().items()
-    )
+    """`Server-Timing` from the context's stamps: each leg's ms, then the total."""
+    parts = []
+    stamps = ctx.stamps
+    prev = ctx.received
+    for stage, name in TIMING_LEGS:
+        t = stamps.get(stage)
+        if t is not None:
+            parts.append(f"{name};dur={(t - prev) * 1000:.2f}")
+            prev = t
+    parts.append(f"total;dur={(prev - ctx.received) * 1000:.2f}")
+    return ", ".join(parts)

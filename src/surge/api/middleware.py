@@ -7,6 +7,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from surge.core.clock import monotonic
 from surge.core.ids import accept_request_id
 
+# Headers the adapters read, collected in the one pass this middleware makes anyway,
+# so handlers need not build Starlette's Headers object per request.
+WANTED = frozenset(
+    {
+        b"x-request-timeout-ms",
+        b"inference-header-content-length",
+        b"content-encoding",
+        b"content-length",
+    }
+)
+
 
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
@@ -18,12 +29,15 @@ class RequestIdMiddleware:
             return
         scope["surge.received"] = monotonic()
         client_id = None
+        wanted: dict[bytes, str] = {}
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 client_id = value.decode("latin-1")
-                break
+            elif key in WANTED:
+                wanted[key] = value.decode("latin-1")
         request_id = accept_request_id(client_id)
         scope["surge.request_id"] = request_id
+        scope["surge.headers"] = wanted
         header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:

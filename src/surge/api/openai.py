@@ -126,7 +126,5 @@ async def models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
-ROUTES = [
-    Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", models),
-]
+INFER_ROUTES = [Route("/v1/embeddings", embeddings, methods=["POST"])]
+ROUTES = [Route("/v1/models", models)]

@@ -87,7 +87,7 @@ class ServerState:
 
     async def _start_one(self, deployment: Deployment) -> None:
         await deployment.start()
-        self.metrics.ready.labels(deployment.name).set(1)
+        deployment.metrics.ready = True
         estimate = deployment.latency.estimate_s(deployment.spec.batching.max_batch_size)
         log.info(
             "%s ready: %s (%s), warm batch of %d rows takes %.1f ms",
@@ -100,7 +100,7 @@ class ServerState:
         grace = self.config.server.shutdown_grace_s
         await asyncio.gather(*(d.drain(grace) for d in self.deployments.values()))
         for deployment in self.deployments.values():
-            self.metrics.ready.labels(deployment.name).set(0)
+            deployment.metrics.ready = False
             await deployment.stop()
 
     def begin_draining(self) -> None:

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge import __version__
-from surge.api.http import decompress, new_context, read_body, server_timing
+from surge.api.http import decompress, header, new_context, read_body, server_timing
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
@@ -66,10 +66,8 @@ async def infer(request: Request) -> Response:
     spec = deployment.spec
     ctx = new_context(request, deployment.name, spec.timeout_s)
     limit = state.config.server.max_body_bytes
-    body = decompress(
-        await read_body(request, limit), request.headers.get("content-encoding"), limit
-    )
-    header_length = request.headers.get("inference-header-content-length")
+    body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)
+    header_length = header(request, b"inference-header-content-length")
     if header_length is not None and not header_length.isdigit():
         raise bad_input(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
@@ -104,14 +102,16 @@ async def infer(request: Request) -> Response:
     return Response(payload, 200, headers, "application/octet-stream")
 
 
+INFER_ROUTES = [
+    Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+]
 ROUTES = [
     Route("/v2", server_metadata),
     Route("/v2/health/live", live),
     Route("/v2/health/ready", ready),
     Route("/v2/models/{model}", metadata),
     Route("/v2/models/{model}/ready", model_ready),
-    Route("/v2/models/{model}/infer", infer, methods=["POST"]),
     Route("/v2/models/{model}/versions/{version}", metadata),
     Route("/v2/models/{model}/versions/{version}/ready", model_ready),
-    Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
 ]

@@ -34,18 +34,3 @@ class RequestContext:
 
     def remaining_s(self, now: float) -> float:
         return self.deadline - now
-
-    def durations_ms(self) -> dict[str, float]:
-        """Per-stage durations in ms, named by the leg they end."""
-        out: dict[str, float] = {}
-        prev = self.received
-        for stage in STAGES[1:]:
-            t = self.stamps.get(stage)
-            if t is None:
-                continue
-            out[stage] = (t - prev) * 1000.0
-            prev = t
-        end = self.stamps.get("responded")
-        if end is not None:
-            out["total"] = (end - self.received) * 1000.0
-        return out

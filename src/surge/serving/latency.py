@@ -20,6 +20,9 @@ class BatchLatencyModel:
     _y: float = 0.0
     _xx: float = 0.0
     _xy: float = 0.0
+    # The fit, refreshed once per batch so estimates on the request path are a multiply-add.
+    _fixed_s: float = 0.0
+    _per_row_s: float = 0.0
     observations: int = 0
 
     def observe(self, rows: int, seconds: float) -> None:
@@ -30,21 +33,24 @@ class BatchLatencyModel:
         self._xx = d * self._xx + rows * rows
         self._xy = d * self._xy + rows * seconds
         self.observations += 1
+        self._fit()
 
-    def estimate_s(self, rows: int) -> float:
-        """Expected seconds for a batch of `rows` rows (0 before any observation)."""
-        if self._w == 0.0:
-            return 0.0
+    def _fit(self) -> None:
         mean_x, mean_y = self._x / self._w, self._y / self._w
         var_x = self._xx / self._w - mean_x * mean_x
         if var_x > 1e-9:
             slope = (self._xy / self._w - mean_x * mean_y) / var_x
             intercept = mean_y - slope * mean_x
             if slope >= 0 and intercept >= 0:
-                return intercept + slope * rows
+                self._fixed_s, self._per_row_s = intercept, slope
+                return
         # Too little spread in batch sizes to separate fixed and per-row cost:
         # scale the mean per-row cost, which overestimates small batches (safe side).
-        return mean_y / max(mean_x, 1e-9) * rows
+        self._fixed_s, self._per_row_s = 0.0, mean_y / max(mean_x, 1e-9)
+
+    def estimate_s(self, rows: int) -> float:
+        """Expected seconds for a batch of `rows` rows (0 before any observation)."""
+        return self._fixed_s + self._per_row_s * rows
 
     def drain_rate(self, batch_rows: int, replicas: int) -> float:
         """Rows per second the deployment clears when batches are `batch_rows` big."""
