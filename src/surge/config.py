@@ -29,6 +29,13 @@ class ServerConfig(Strict):
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time to finish queued work")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(False, description="per-request access log (off on the hot path)")
+    compute_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="nice value of model compute threads, so the event loop (which reads "
+        "requests and answers them) is never starved by compute; 0 = same priority",
+    )
 
 
 class BatchingConfig(Strict):

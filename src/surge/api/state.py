@@ -81,6 +81,7 @@ class ServerState:
                 max_queue=endpoint.max_queue,
                 timeout_s=endpoint.timeout_ms / 1000.0,
                 warmup_batches=endpoint.warmup_batches,
+                compute_nice=config.server.compute_nice,
             )
             self.deployments[name] = Deployment(spec, self.metrics.for_endpoint(name))
         await asyncio.gather(*(self._start_one(d) for d in self.deployments.values()))

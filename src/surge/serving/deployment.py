@@ -51,6 +51,7 @@ class DeploymentSpec:
     max_queue: int
     timeout_s: float
     warmup_batches: int = 3
+    compute_nice: int = 0
 
 
 class Deployment:
@@ -82,7 +83,7 @@ class Deployment:
         self.spec.version.verify_checksums()
         for i in range(self.spec.replicas):
             runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
-            self.replicas.append(Replica(f"{self.name}-r{i}", runtime))
+            self.replicas.append(Replica(f"{self.name}-r{i}", runtime, self.spec.compute_nice))
         await asyncio.gather(
             *(loop.run_in_executor(r.executor, self._load_and_warm, r) for r in self.replicas)
         )
