@@ -81,7 +81,7 @@ def run_server(config: dict, workdir: Path, start_timeout_s: float = 180) -> Ite
 DEMO_ENDPOINTS = {
     "digits": {"batching": {"max_batch_size": 64, "max_queue_delay_ms": 1}, "max_queue": 512},
     "embed": {
-        "replicas": 2,
+        "replicas": 2,  # the demo runs 1; the tests also cover several replicas
         "batching": {"max_batch_size": 32, "max_queue_delay_ms": 2},
         "max_queue": 512,
     },

@@ -20,8 +20,9 @@ from surge.runtimes.onnx_session import compare_rows, open_sessions, ort_type
 
 log = logging.getLogger(__name__)
 
-# Varied lengths, so warmup exercises short and long shapes and the int8 report
-# covers both; the last one is past 256 tokens, to hit truncation.
+# Typical texts of varied length. Warm-up batches also seed the deployment's
+# latency model, which admission uses to judge deadlines, so they must look like
+# traffic: a 256-token text padded into a batch of 32 costs ~40x a short one.
 WARMUP_SENTENCES = [
     "Hello!",
     "How do I reset my password?",
@@ -31,6 +32,10 @@ WARMUP_SENTENCES = [
     "GPU memory bandwidth, not compute, usually limits the decode phase of large models.",
     "A customer wrote that the parcel arrived two weeks late, the box was damaged, and "
     "support never answered the three emails they sent about a refund.",
+]
+# The int8 report also covers a text past 256 tokens, to include truncation.
+QUALITY_SENTENCES = [
+    *WARMUP_SENTENCES,
     "Inference servers batch requests, bound their queues, and shed load early. " * 24,
 ]
 
@@ -71,7 +76,7 @@ class EmbeddingsRuntime(Runtime):
             ]
         self._quality: dict[str, Any] = {}
         if fp32 is not None:
-            texts = _as_bytes(WARMUP_SENTENCES)
+            texts = _as_bytes(QUALITY_SENTENCES)
             reference = self._embed(fp32, texts)[0]
             report = compare_rows(reference, self._embed(self.session, texts)[0])
             self._quality = {"quantization": "int8", "int8_vs_fp32": report}
