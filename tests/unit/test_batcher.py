@@ -114,3 +114,20 @@ def test_counts_stay_right_when_requests_leave_from_the_middle_and_by_expiry():
     assert names(b.step(T0 + 1.0, 1)) == ["b"]
     assert len(b) == 0 and b.step(T0 + 1.0, 1) == type(step)()
     assert [r.payload for r in b.take_all()] == []
+
+
+def test_requests_that_cannot_finish_within_the_next_batch_are_dropped_before_compute():
+    b = make(max_batch=4)
+    b.push(req("tight", deadline=T0 + 0.050))
+    b.push(req("roomy", deadline=T0 + 0.500))
+    # The next batch is expected to run 80 ms: "tight" would be answered 30 ms late.
+    step = b.step(T0 + 0.010, idle_replicas=1, compute_s=0.080)
+    assert [r.payload for r in step.expired] == ["tight"]
+    assert names(step) == ["roomy"]
+
+
+def test_wake_up_comes_early_enough_to_expire_before_compute():
+    b = make(max_batch=4)
+    b.push(req("a", deadline=T0 + 0.500))
+    step = b.step(T0, idle_replicas=0, compute_s=0.100)
+    assert step.wake_at == pytest.approx(T0 + 0.400)

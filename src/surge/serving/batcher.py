@@ -91,18 +91,25 @@ class Batcher:
         self._deadlines.clear()
         return out
 
-    def step(self, now: float, idle_replicas: int) -> Step:
-        expired = self._expire(now)
+    def step(self, now: float, idle_replicas: int, compute_s: float = 0.0) -> Step:
+        """Decide what to do at `now` with `idle_replicas` free.
+
+        `compute_s` is how long the next batch is expected to run: a request whose
+        deadline falls before `now + compute_s` cannot be answered in time, so it is
+        expired here rather than computed and then failed (which wastes capacity
+        exactly when there is none to spare).
+        """
+        expired = self._expire(now + compute_s)
         if not self._count:
             return Step(expired=expired)
-        earliest_deadline = self._deadlines[0][0]
+        expire_at = self._deadlines[0][0] - compute_s
         if idle_replicas <= 0:
-            return Step(expired=expired, wake_at=earliest_deadline)
+            return Step(expired=expired, wake_at=expire_at)
         oldest = self._oldest()
         size = self._close_size(now, oldest)
         if size == 0:
             close_at = oldest.arrival + self.policy.max_queue_delay_s
-            return Step(expired=expired, wake_at=min(close_at, earliest_deadline))
+            return Step(expired=expired, wake_at=min(close_at, expire_at))
         return Step(batch=self._form(size, oldest), expired=expired)
 
     def _remove(self, request: QueuedRequest) -> None:
@@ -115,10 +122,10 @@ class Batcher:
             self._queue.popleft()
         return self._queue[0]
 
-    def _expire(self, now: float) -> tuple[QueuedRequest, ...]:
+    def _expire(self, cutoff: float) -> tuple[QueuedRequest, ...]:
         gone: list[QueuedRequest] = []
         heap = self._deadlines
-        while heap and (heap[0][0] <= now or not heap[0][2].queued):
+        while heap and (heap[0][0] <= cutoff or not heap[0][2].queued):
             _, _, request = heapq.heappop(heap)
             if request.queued:
                 self._remove(request)

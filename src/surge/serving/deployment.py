@@ -29,7 +29,9 @@ log = logging.getLogger("surge.deployment")
 
 def _expired_in_queue() -> SurgeError:
     return SurgeError(
-        "deadline_exceeded", "deadline passed while queued; dropped before compute", 504
+        "deadline_exceeded",
+        "the deadline passes before this request's batch could finish; dropped before compute",
+        504,
     )
 
 
@@ -196,7 +198,8 @@ class Deployment:
         while True:
             self._waker = loop.create_future()
             now = self.clock()
-            step = self.batcher.step(now, len(self._idle))
+            next_batch_rows = min(self.batcher.queued_rows, self.spec.batching.max_batch_size)
+            step = self.batcher.step(now, len(self._idle), self.latency.estimate_s(next_batch_rows))
             for request in step.expired:
                 if not request.payload.future.done():
                     self.metrics.count_rejection("deadline_expired_in_queue")
