@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from benchmarks import loadgen, wrk
-from benchmarks.report import Report
+from benchmarks.report import Report, busy_note
 from benchmarks.servers import ServerProcess, measure, surge_server
 from benchmarks.settings import (
     CLIENTS,
@@ -54,7 +54,8 @@ class DemoServerBenchmarks:
         self.selected = selected
         self.capacity_rps: float | None = None
 
-    def run(self, inprocess_best: float | None) -> None:
+    def run(self, limits: dict[str, float]) -> None:
+        """`limits`: the in-process figures the throughput ratios divide by (may be empty)."""
         endpoints = yaml.safe_load(DEMO_CONFIG.read_text())["endpoints"]
         settings = self.settings
         with surge_server("demo", endpoints, settings.repository, settings.workdir) as server:
@@ -64,7 +65,7 @@ class DemoServerBenchmarks:
             loads = [name for name in LOADS if name in self.selected]
             guarded = self.report.guarded
             if "http" in loads:
-                guarded("http", lambda: self.closed_loop(server, inprocess_best), self.log)
+                guarded("http", lambda: self.closed_loop(server, limits), self.log)
             if self.capacity_rps is None and {"openloop", "overload"} & set(loads):
                 guarded("openloop", lambda: self.measure_capacity(server), self.log)
             if "openloop" in loads and self.capacity_rps:
@@ -93,6 +94,9 @@ class DemoServerBenchmarks:
                 "after " + (", ".join(loads) or f"wrk, {TARGET_CLIENTS} clients"),
             )
 
+    def measure(self, server: ServerProcess, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return measure(server, load, self.log, self.d.quiet_wait_s)
+
     def measure_capacity(self, server: ServerProcess) -> None:
         url = server.url + V2_PATH
         closed_wrk(url, V2_BODIES, TARGET_CLIENTS, self.d.warmup_s)
@@ -103,17 +107,17 @@ class DemoServerBenchmarks:
 
     # -- (2) closed loop ---------------------------------------------------------------
 
-    def closed_loop(self, server: ServerProcess, inprocess_best: float | None) -> None:
+    def closed_loop(self, server: ServerProcess, limits: dict[str, float]) -> None:
         v2, openai = server.url + V2_PATH, server.url + OPENAI_PATH
         seconds = self.d.wrk_s
         closed_wrk(v2, V2_BODIES, TARGET_CLIENTS, self.d.warmup_s)  # connections, arenas
         runs: dict[str, dict[str, Any]] = {}
         for clients in CLIENTS:
-            runs[f"v2 wrk {clients}"] = measure(
-                server, lambda c=clients: closed_wrk(v2, V2_BODIES, c, seconds), self.log
+            runs[f"v2 wrk {clients}"] = self.measure(
+                server, lambda c=clients: closed_wrk(v2, V2_BODIES, c, seconds)
             )
-        runs["openai wrk 32"] = measure(
-            server, lambda: closed_wrk(openai, OPENAI_BODIES, 32, seconds), self.log
+        runs["openai wrk 32"] = self.measure(
+            server, lambda: closed_wrk(openai, OPENAI_BODIES, 32, seconds)
         )
         spec = {
             "mode": "closed",
@@ -123,7 +127,7 @@ class DemoServerBenchmarks:
             "duration_s": seconds,
             "max_requests": int(WRK_CAP_PER_S * seconds),
         }
-        runs["v2 aiohttp 32"] = measure(server, lambda: loadgen.run_loadgen(spec), self.log)
+        runs["v2 aiohttp 32"] = self.measure(server, lambda: loadgen.run_loadgen(spec))
         self.report.details["http"] = runs
         self.capacity_rps = max(runs[f"v2 wrk {c}"]["ok_rps"] for c in CLIENTS)
         for key, run in runs.items():
@@ -137,7 +141,7 @@ class DemoServerBenchmarks:
         labels["openai wrk 32"] = "OpenAI, 32 clients"
         labels["v2 aiohttp 32"] = "v2, 32 clients, aiohttp generator"
         for key, label in labels.items():
-            self._closed_figures(key, label, runs[key], inprocess_best)
+            self._closed_figures(key, label, runs[key], limits)
         wrk32, aio32 = runs[f"v2 wrk {TARGET_CLIENTS}"], runs["v2 aiohttp 32"]
         self.report.add(
             "http",
@@ -158,16 +162,26 @@ class DemoServerBenchmarks:
         )
 
     def _closed_figures(
-        self, key: str, label: str, run: dict[str, Any], inprocess_best: float | None
+        self, key: str, label: str, run: dict[str, Any], limits: dict[str, float]
     ) -> None:
-        ratio = round(run["ok_rps"] / inprocess_best, 3) if inprocess_best else None
+        limit = limits.get("limit")
+        ratio = round(run["ok_rps"] / limit, 3) if limit else None
         failed = run["requests"] - run["ok"] + run.get("socket_errors", 0)
         note = f"{run['ok_rps']:.0f} emb/s" + (f", {failed} failed" if failed else "")
+        note += busy_note(run)
         latency = run["latency_ms"]
         if key == f"v2 wrk {TARGET_CLIENTS}":
             self.report.judge(
                 "http", f"{label}: throughput / in-process", ratio, ">=", 0.9, "x", note
             )
+            if "layout" in limits:
+                self.report.add(
+                    "http",
+                    f"{label}: throughput / in-process, demo layout",
+                    round(run["ok_rps"] / limits["layout"], 3),
+                    "x",
+                    "against the demo's replica layout run in process",
+                )
             self.report.judge("http", f"{label}: p99", latency["p99"], "<=", 300, "ms")
         else:
             self.report.add("http", f"{label}: throughput / in-process", ratio, "x", note)
@@ -190,7 +204,7 @@ class DemoServerBenchmarks:
                 "duration_s": self.d.openloop_s,
                 "max_requests": int(rate * self.d.openloop_s * 1.5) + 100,
             }
-            run = measure(server, lambda s=spec: loadgen.run_loadgen(s), self.log)
+            run = self.measure(server, lambda s=spec: loadgen.run_loadgen(s))
             runs[f"{share:.0%}"] = run
             lat = run["latency_ok_ms"]
             self.log(
@@ -200,6 +214,7 @@ class DemoServerBenchmarks:
             label = f"{share:.0%} of capacity ({rate:.0f} req/s)"
             failed = run["requests"] - run["ok"]
             note = f"{run['ok_rps']:.0f} req/s served" + (f", {failed} not 200" if failed else "")
+            note += busy_note(run)
             self.report.add("openloop", f"{label}: p50", lat["p50"], "ms", note)
             self.report.add(
                 "openloop",
@@ -230,7 +245,7 @@ class DemoServerBenchmarks:
             "headers": {"X-Request-Timeout-Ms": str(OVERLOAD_DEADLINE_MS)},
         }
         rss_before = server.rss_mb()
-        run = measure(server, lambda: loadgen.run_loadgen(spec), self.log)
+        run = self.measure(server, lambda: loadgen.run_loadgen(spec))
         time.sleep(1.0)
         rss_after = server.rss_mb()
         run["rss_before_mb"], run["rss_after_mb"] = round(rss_before, 1), round(rss_after, 1)
@@ -257,7 +272,7 @@ class DemoServerBenchmarks:
             "served (200) / capacity",
             round(run["ok_rps"] / self.capacity_rps, 3),
             "x",
-            shares,
+            shares + busy_note(run),
         )
         report.judge(
             "overload", "answers other than 200/429/504", run["requests"] - expected, "==", 0

@@ -8,6 +8,7 @@ the setting for the int8-vs-fp32 comparison.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 import numpy as np
 import psutil
+import yaml
 
 from benchmarks.loadgen import percentiles
-from benchmarks.report import Report
+from benchmarks.report import Report, busy_note
 from benchmarks.servers import machine_busy, wait_for_quiet
 from benchmarks.settings import BATCH_SIZES, Settings
 from benchmarks.workload import SENTENCES, varied_sentences
+from surge.config import DEMO_CONFIG
 from surge.repository import ModelRepository
 from surge.runtimes.base import Runtime, RuntimeSettings
 from surge.runtimes.registry import runtime_class
@@ -74,6 +77,58 @@ def throughput(
     }
 
 
+def parallel_throughput(
+    runtimes: list[Runtime], sentences: list[str], batch_size: int, duration_s: float
+) -> dict[str, Any]:
+    """Total emb/s of several runtimes, each called back to back from its own thread, as a
+    server runs its replicas (ONNX Runtime releases the GIL while it computes)."""
+    n = len(sentences)
+    warmed = threading.Barrier(len(runtimes) + 1)  # every runtime has run its shapes once
+    go = threading.Barrier(len(runtimes) + 1)  # the clock has started
+    deadline = [0.0]
+    done: list[tuple[int, float]] = []
+
+    def worker(index: int, runtime: Runtime) -> None:
+        batches = [
+            as_text([sentences[(k * batch_size + j + index) % n] for j in range(batch_size)])
+            for k in range(n)
+        ]
+        for batch in batches[:3]:
+            runtime.run({"text": batch})
+        warmed.wait()
+        go.wait()
+        count = 0
+        while time.perf_counter() < deadline[0]:
+            runtime.run({"text": batches[count % len(batches)]})
+            count += 1
+        done.append((count, time.perf_counter()))
+
+    threads = [
+        threading.Thread(target=worker, args=(i, rt), daemon=True) for i, rt in enumerate(runtimes)
+    ]
+    for thread in threads:
+        thread.start()
+    warmed.wait()
+    busy_before = machine_busy()
+    cpu_before = psutil.Process().cpu_times()
+    started = time.perf_counter()
+    deadline[0] = started + duration_s
+    go.wait()
+    for thread in threads:
+        thread.join()
+    wall = max(t for _, t in done) - started
+    cpu_after = psutil.Process().cpu_times()
+    own = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / wall
+    rows = sum(count for count, _ in done) * batch_size
+    return {
+        "batch_size": batch_size,
+        "replicas": len(runtimes),
+        "emb_per_s": round(rows / wall, 1),
+        "process_cores": round(own, 3),
+        "background_cores": round(max(0.0, (machine_busy() - busy_before) / wall - own), 3),
+    }
+
+
 def embed_all(runtime: Runtime, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
     """Every text's embedding in order, and the seconds that took."""
     started = time.perf_counter()
@@ -91,25 +146,46 @@ def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-12)
 
 
-def bench_inprocess(settings: Settings, report: Report, log: Callable[[str], None]) -> float:
-    """(1) emb/s at each batch size; returns the best, the HTTP benchmarks' denominator."""
+def demo_layout(cores: int) -> tuple[int, int]:
+    """(replicas, threads per replica) the demo config gives `embed` on this machine."""
+    embed = yaml.safe_load(DEMO_CONFIG.read_text())["endpoints"]["embed"]
+    replicas = int(embed.get("replicas", 1))
+    return replicas, int(embed.get("threads_per_replica") or max(1, cores // replicas))
+
+
+def bench_inprocess(
+    settings: Settings, report: Report, log: Callable[[str], None]
+) -> dict[str, float]:
+    """(1) emb/s at each batch size. Returns the best ("limit"), the HTTP benchmarks'
+    denominator, and ("layout") the best of the demo's replica layout run the same way,
+    when that layout differs from one runtime on every core.
+
+    Other processes can only slow a run down, so the best of the rounds at each size is
+    the closest to the undisturbed figure.
+    """
+    d = settings.durations
     runtime = load_embed(settings.repository, settings.threads)
-    sweep = []
-    for size in BATCH_SIZES:
-        wait_for_quiet(log)
-        result = throughput(runtime, SENTENCES, size, settings.durations.inprocess_s, 100_000)
-        log(f"inprocess batch {size}: {result['emb_per_s']} emb/s, {result['process_cores']} cores")
-        sweep.append(result)
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in BATCH_SIZES}
+    for _ in range(d.inprocess_rounds):
+        for size in BATCH_SIZES:
+            wait_for_quiet(log, max_wait_s=d.quiet_wait_s)
+            result = throughput(runtime, SENTENCES, size, d.inprocess_s, 100_000)
+            log(
+                f"inprocess batch {size}: {result['emb_per_s']} emb/s, "
+                f"{result['process_cores']} cores, background {result['background_cores']}"
+            )
+            runs[size].append(result)
     del runtime
     gc.collect()
+    sweep = [max(rs, key=lambda r: r["emb_per_s"]) for rs in runs.values()]
     best = max(sweep, key=lambda r: r["emb_per_s"])
-    report.details["inprocess"] = {"threads": settings.threads, "sweep": sweep}
+    report.details["inprocess"] = {"threads": settings.threads, "runs": runs}
     report.add(
         "inprocess",
-        "best throughput",
+        "best throughput (the in-process limit)",
         best["emb_per_s"],
         "emb/s",
-        f"batch {best['batch_size']}, {settings.threads} ORT threads, one sentence per row",
+        f"1 runtime x {settings.threads} ORT threads, batch {best['batch_size']}" + busy_note(best),
     )
     for r in sweep:
         report.add(
@@ -117,10 +193,34 @@ def bench_inprocess(settings: Settings, report: Report, log: Callable[[str], Non
             f"batch {r['batch_size']}",
             r["emb_per_s"],
             "emb/s",
-            f"batch p50 {r['batch_ms']['p50']:.1f} ms; {r['process_cores']} cores busy, "
-            f"background {r['background_cores']}",
+            f"batch p50 {r['batch_ms']['p50']:.1f} ms, {r['process_cores']} cores busy"
+            + busy_note(r),
         )
-    return best["emb_per_s"]
+    limits = {"limit": best["emb_per_s"]}
+    replicas, threads = demo_layout(settings.threads)
+    if (replicas, threads) != (1, settings.threads):
+        runtimes = [load_embed(settings.repository, threads) for _ in range(replicas)]
+        layout_runs = []
+        for _ in range(d.inprocess_rounds):
+            for size in (16, 32):
+                wait_for_quiet(log, max_wait_s=d.quiet_wait_s)
+                result = parallel_throughput(runtimes, SENTENCES, size, d.inprocess_s)
+                log(f"inprocess {replicas} x {threads} threads, batch {size}: {result}")
+                layout_runs.append(result)
+        del runtimes
+        gc.collect()
+        top = max(layout_runs, key=lambda r: r["emb_per_s"])
+        report.details["inprocess"]["demo_layout"] = layout_runs
+        report.add(
+            "inprocess",
+            "demo layout, best throughput",
+            top["emb_per_s"],
+            "emb/s",
+            f"{replicas} runtimes x {threads} ORT thread(s), each called from its own thread "
+            f"as the demo's replicas are, batch {top['batch_size']}" + busy_note(top),
+        )
+        limits["layout"] = top["emb_per_s"]
+    return limits
 
 
 def bench_int8(settings: Settings, report: Report, log: Callable[[str], None]) -> None:
@@ -132,10 +232,11 @@ def bench_int8(settings: Settings, report: Report, log: Callable[[str], None]) -
     runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "int8": []}
     for _ in range(settings.durations.int8_rounds):  # alternate: background drift hits both
         for name, runtime in (("fp32", fp32), ("int8", int8)):
-            wait_for_quiet(log)
+            wait_for_quiet(log, max_wait_s=settings.durations.quiet_wait_s)
             result = throughput(runtime, SENTENCES, 32, settings.durations.inprocess_s, 100_000)
             runs[name].append(result)
-    best = {name: max(r["emb_per_s"] for r in rs) for name, rs in runs.items()}
+    top = {name: max(rs, key=lambda r: r["emb_per_s"]) for name, rs in runs.items()}
+    best = {name: r["emb_per_s"] for name, r in top.items()}
     varied = varied_sentences(256)
     reference, fp32_s = embed_all(fp32, varied, 32)
     candidate, int8_s = embed_all(int8, varied, 32)
@@ -154,8 +255,9 @@ def bench_int8(settings: Settings, report: Report, log: Callable[[str], None]) -
         "cosine_p01": round(float(np.quantile(cosine, 0.01)), 5),
         "worst_text": varied[worst][:300],
     }
-    report.add("int8", "fp32 throughput", best["fp32"], "emb/s", "batch 32, serving sentences")
-    report.add("int8", "int8 throughput", best["int8"], "emb/s", "batch 32, serving sentences")
+    for name in ("fp32", "int8"):
+        note = "batch 32, serving sentences" + busy_note(top[name])
+        report.add("int8", f"{name} throughput", best[name], "emb/s", note)
     report.add(
         "int8",
         "int8 / fp32 throughput",

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import wrk
-from benchmarks.report import Report
+from benchmarks.report import Report, busy_note
 from benchmarks.servers import bare_server, measure, surge_server
 from benchmarks.settings import NOOP_CONNECTIONS, WRK_CAP_PER_S, Settings
 from benchmarks.workload import NOOP_BODY
@@ -45,7 +45,9 @@ def bench_noop(settings: Settings, report: Report, log: Callable[[str], None]) -
             load(server.url, d.warmup_s)
         for _ in range(d.noop_rounds):
             for name, server in servers.items():
-                runs[name].append(measure(server, lambda s=server: load(s.url, d.noop_s), log))
+                runs[name].append(
+                    measure(server, lambda s=server: load(s.url, d.noop_s), log, d.quiet_wait_s)
+                )
     best = {name: max(rs, key=lambda r: r["ok_rps"]) for name, rs in runs.items()}
     report.details["noop"] = {"endpoints": ENDPOINTS, "runs": runs}
     for name, run in best.items():
@@ -72,7 +74,7 @@ def bench_noop(settings: Settings, report: Report, log: Callable[[str], None]) -
             f"{label}: throughput",
             run["ok_rps"],
             "req/s",
-            f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms",
+            f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms" + busy_note(run),
         )
         report.add(
             "noop",

@@ -72,19 +72,16 @@ def ensure_models(repository: Path, selected: list[str]) -> None:
 
 def run(selected: list[str], settings: Settings) -> report.Report:
     result = report.Report()
-    inprocess_best: float | None = None
+    limits: dict[str, float] = {}
     if "inprocess" in selected:
-
-        def inprocess() -> None:
-            nonlocal inprocess_best
-            inprocess_best = bench_inprocess(settings, result, log)
-
-        result.guarded("inprocess", inprocess, log)
+        result.guarded(
+            "inprocess", lambda: limits.update(bench_inprocess(settings, result, log)), log
+        )
     if "int8" in selected:
         result.guarded("int8", lambda: bench_int8(settings, result, log), log)
     if set(selected) & set(DEMO_SERVER):
         demo = DemoServerBenchmarks(settings, result, log, selected)
-        result.guarded("startup", lambda: demo.run(inprocess_best), log)
+        result.guarded("startup", lambda: demo.run(limits), log)
     if "noop" in selected:
         result.guarded("noop", lambda: bench_noop(settings, result, log), log)
     result.sort(list(BENCHES))

@@ -90,7 +90,13 @@ def _ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def run_process(
-    name: str, argv: list[str], port: int, workdir: Path, ready_path: str, timeout_s: float = 180
+    name: str,
+    argv: list[str],
+    port: int,
+    workdir: Path,
+    ready_path: str,
+    timeout_s: float = 180,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Spawn `argv`, wait for `ready_path` to answer 200, SIGTERM it afterwards."""
     log_path = workdir / f"{name}-{port}.log"
@@ -101,7 +107,7 @@ def run_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     server = ServerProcess(name, f"http://127.0.0.1:{port}", process, log_path)
     try:
@@ -130,9 +136,16 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
 
 @contextlib.contextmanager
 def surge_server(
-    name: str, endpoints: dict[str, dict], repository: Path, workdir: Path
+    name: str,
+    endpoints: dict[str, dict],
+    repository: Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """`surge serve` with a config of just these endpoints, as a user would run it."""
+    """`surge serve` with a config of just these endpoints, as a user would run it.
+
+    `env` adds environment variables (for experiments, e.g. a PYTHONPATH with a patch).
+    """
     port = free_port()
     config = {
         "model_repository": str(Path(repository).resolve()),
@@ -142,7 +155,7 @@ def surge_server(
     config_path = workdir / f"{name}-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [sys.executable, "-m", "surge", "serve", "--config", str(config_path)]
-    with run_process(name, argv, port, workdir, "/v2/health/ready") as server:
+    with run_process(name, argv, port, workdir, "/v2/health/ready", env=env) as server:
         server.notes["config"] = config
         yield server
 
@@ -161,6 +174,11 @@ def machine_busy() -> float:
     t = psutil.cpu_times()
     # Not sum(t): guest time is already inside user, and steal is not work done here.
     return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def machine_steal() -> float:
+    """CPU seconds the hypervisor gave to other guests while this one wanted to run."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def scrape_metrics(url: str) -> dict[str, float]:
@@ -221,18 +239,21 @@ def wait_for_quiet(
 
 
 def measure(
-    server: ServerProcess, load: Callable[[], dict[str, Any]], log: Callable[[str], None]
+    server: ServerProcess,
+    load: Callable[[], dict[str, Any]],
+    log: Callable[[str], None],
+    quiet_wait_s: float = 60.0,
 ) -> dict[str, Any]:
     """Run `load` and add what it cost: the server's CPU, split into its event loop and the
     rest, per request; what the server counted (batch sizes, stage times, refusals); and the
     machine's CPU that neither the server nor the generator used (other work on a shared
     machine skews every figure, so each run says how much there was).
     """
-    quiet_before = wait_for_quiet(log)
+    quiet_before = wait_for_quiet(log, max_wait_s=quiet_wait_s)
     metrics_before = scrape_metrics(server.url)
-    before, busy_before = server.cpu(), machine_busy()
+    before, busy_before, steal_before = server.cpu(), machine_busy(), machine_steal()
     result = load()
-    after, busy_after = server.cpu(), machine_busy()
+    after, busy_after, steal_after = server.cpu(), machine_busy(), machine_steal()
     result["server_metrics"] = metrics_delta(metrics_before, scrape_metrics(server.url))
     result["background_cores_before"] = round(quiet_before, 3)
     cpu = after.since(before)
@@ -246,6 +267,7 @@ def measure(
     }
     machine = (busy_after - busy_before) / wall
     result["machine_busy_cores"] = round(machine, 3)
+    result["steal_cores"] = round((steal_after - steal_before) / wall, 3)
     result["background_cores"] = round(
         max(0.0, machine - cpu["total_cores"] - result["generator_cores"]), 3
     )

@@ -25,10 +25,12 @@ class Durations:
     noop_s: float
     noop_rounds: int  # bare and surge alternate this many times; the best of each counts
     int8_rounds: int  # fp32 and int8 alternate this many times; the best of each counts
+    inprocess_rounds: int  # sweeps of the batch sizes; the best of each size counts
+    quiet_wait_s: float  # longest wait for other processes to go quiet before a measured run
 
 
-FULL = Durations(5, 15, 3, 20, 60, 10, 2, 2)
-QUICK = Durations(1, 3, 1, 5, 10, 3, 1, 1)
+FULL = Durations(5, 15, 3, 20, 60, 10, 2, 2, 2, 60)
+QUICK = Durations(1, 3, 1, 5, 10, 3, 1, 1, 1, 10)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,10 @@ class ServerState:
                 compute_nice=config.server.compute_nice,
             )
             self.deployments[name] = Deployment(spec, self.metrics.for_endpoint(name))
-        await asyncio.gather(*(self._start_one(d) for d in self.deployments.values()))
+        # One after another: deployments warming at the same time would compete for the
+        # cores and seed each other's latency models with contended timings.
+        for deployment in self.deployments.values():
+            await self._start_one(deployment)
 
     async def _start_one(self, deployment: Deployment) -> None:
         await deployment.start()
