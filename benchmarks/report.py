@@ -6,6 +6,7 @@ import json
 import operator
 import os
 import platform
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable
@@ -95,6 +96,7 @@ def machine_facts() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "platform": platform.platform(),
         "python": sys.version.split()[0],
+        "git": _git_state(),
         "packages": {
             name: pkg(name)
             for name in (
@@ -110,6 +112,31 @@ def machine_facts() -> dict[str, Any]:
             )
         },
     }
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit measured and whether src/ differed from it (read-only git calls)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # never write the index
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).parents[1],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("diff", "--quiet", "HEAD", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if head.returncode != 0:
+        return {}
+    return {"commit": head.stdout.strip(), "src_modified": changed.returncode == 1}
 
 
 def _cpu_model() -> str:
@@ -141,7 +168,9 @@ def markdown(report: Report, machine: dict[str, Any], title: str) -> str:
         "",
         f"{machine['date']} · {machine['cpu_count']} CPUs ({machine['cpu_model']}) · "
         f"Python {machine['python']} · onnxruntime {machine['packages']['onnxruntime']} · "
-        f"load average at start {machine['load_average_at_start']}",
+        f"load average at start {machine['load_average_at_start']} · "
+        f"commit {machine.get('git', {}).get('commit', '?')}"
+        + (" (src/ modified)" if machine.get("git", {}).get("src_modified") else ""),
         "",
         "| benchmark | figure | value | target | result | notes |",
         "|---|---|---:|---|---|---|",

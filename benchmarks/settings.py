@@ -30,7 +30,7 @@ class Durations:
 
 
 FULL = Durations(5, 15, 3, 20, 60, 10, 2, 2, 2, 60)
-QUICK = Durations(1, 3, 1, 5, 10, 3, 1, 1, 1, 10)
+QUICK = Durations(1, 3, 1, 5, 10, 3, 1, 1, 1, 5)
 
 
 @dataclass(frozen=True)
