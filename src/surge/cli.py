@@ -1,4 +1,4 @@
-"""The `surge` command: serve, models, check, build-demo."""
+"""The `surge` command: serve, models, check, build-demo, and the rollout operations."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from surge.cli_rollouts import add_commands as add_rollout_commands
 from surge.config import (
     Config,
     ConfigError,
@@ -68,8 +69,18 @@ def cmd_models(args: argparse.Namespace) -> int:
     from surge.repository import ModelRepository
 
     config = _load(args.config)
-    serving = {(config.model_of(name), ep.version): name for name, ep in config.endpoints.items()}
     base = f"http://{config.server.host}:{config.server.port}"
+    serving: dict[tuple[str, str], str] = {}
+    for name, endpoint in config.endpoints.items():
+        # A running server may serve other versions than the config names (rollouts).
+        versions = [endpoint.version]
+        try:
+            answer = httpx.get(f"{base}/v2/models/{name}", timeout=1.0)
+            if answer.status_code == 200:
+                versions = answer.json()["versions"]
+        except httpx.HTTPError:
+            pass
+        serving.update({(config.model_of(name), v): name for v in versions})
     print(f"repository: {config.model_repository}")
     print(f"{'MODEL':<12} {'VERSION':<8} {'RUNTIME':<11} {'ENDPOINT':<12} STATE")
     for version in ModelRepository(config.model_repository).list():
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     build = sub.add_parser("build-demo", help="build the demo models now")
     build.set_defaults(func=cmd_build_demo)
+    add_rollout_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

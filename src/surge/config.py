@@ -7,7 +7,9 @@ module that reads the environment.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +59,37 @@ class BatchingConfig(Strict):
         return self
 
 
+class RolloutConfig(Strict):
+    """How the rollout controller steps a canary and when it rolls back (see routing/rollout.py)."""
+
+    steps_percent: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0],
+        description="candidate's share of traffic at each step; the last must be 100",
+    )
+    min_requests: int = Field(100, ge=1, description="candidate requests a step needs to pass")
+    min_step_s: float = Field(30.0, ge=0, description="shortest time a step lasts")
+    max_error_rate_margin: float = Field(
+        0.01, ge=0, le=1, description="candidate error rate may exceed stable's by this much"
+    )
+    max_p99_ratio: float = Field(1.5, gt=0, description="candidate p99 <= stable p99 x this")
+    min_latency_samples: int = Field(
+        100,
+        ge=1,
+        description="answers each version needs before p99s are compared (a p99 of fewer "
+        "than 100 samples is just the slowest one)",
+    )
+    min_shadow_agreement: float = Field(
+        0.95, ge=0, le=1, description="shadowed candidate's agreement with the live answer"
+    )
+    breach_min_requests: int = Field(
+        10, ge=1, description="requests (or comparisons) before a breach can trigger a rollback"
+    )
+    evaluate_interval_s: float = Field(1.0, gt=0, description="how often the controller runs")
+    retry_on_stable: bool = Field(
+        True, description="retry a request that failed on the canary once on stable"
+    )
+
+
 class EndpointConfig(Strict):
     model: str | None = Field(None, description="model in the repository (default: endpoint name)")
     version: str = Field("1", description="version directory that serves")
@@ -70,12 +103,38 @@ class EndpointConfig(Strict):
     max_queue: int = Field(256, ge=1, description="queued requests before 429")
     timeout_ms: float = Field(1000.0, gt=0, description="deadline when the client sends none")
     warmup_batches: int = Field(3, ge=0, description="warm-up runs per batch shape per replica")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    ab_key: str = Field(
+        "header:x-user-id",
+        pattern=r"^(header|parameter):[A-Za-z0-9_.-]+$",
+        description="where a sticky A/B split finds the user key: header:<name> or "
+        "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
+    )
+
+
+class AdminKey(Strict):
+    name: str = Field(description="who the key belongs to; recorded in the audit log")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the key")
+
+
+class AdminConfig(Strict):
+    keys: list[AdminKey] = Field(
+        default_factory=list,
+        description="admin keys, hashed at rest; SURGE_ADMIN_KEY adds one named "
+        "SURGE_ADMIN_KEY_NAME (default 'env')",
+    )
 
 
 class Config(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model_repository: Path = Field(Path(".surge/models"), description="root of <model>/<version>/")
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    registry_url: str = Field(
+        "sqlite:///.surge/registry.db",
+        description="where versions, routes, rollout progress and the audit log persist: "
+        "sqlite:///<path> (relative to the config file) or postgresql://...",
+    )
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     def model_of(self, endpoint: str) -> str:
         return self.endpoints[endpoint].model or endpoint
@@ -117,7 +176,32 @@ def load_config(path: Path | None = None) -> Config:
         # A relative repository path means relative to the config file, except for the
         # demo, whose models are built into the working directory.
         config.model_repository = (source.parent / config.model_repository).resolve()
+        config.registry_url = _relative_sqlite(config.registry_url, source.parent)
+    _add_env_admin_key(config)
     return config
+
+
+def _relative_sqlite(url: str, base: Path) -> str:
+    match = re.fullmatch(r"sqlite:///(.+)", url)
+    if match and match.group(1) != ":memory:" and not Path(match.group(1)).is_absolute():
+        return f"sqlite:///{(base / match.group(1)).resolve()}"
+    return url
+
+
+def hash_admin_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _add_env_admin_key(config: Config) -> None:
+    key = os.environ.get("SURGE_ADMIN_KEY")
+    if key:
+        name = os.environ.get("SURGE_ADMIN_KEY_NAME", "env")
+        config.admin.keys.append(AdminKey(name=name, sha256=hash_admin_key(key)))
+
+
+def admin_key_from_env() -> str | None:
+    """The admin key the CLI shows the server (SURGE_ADMIN_KEY)."""
+    return os.environ.get("SURGE_ADMIN_KEY") or None
 
 
 def demo_repository_from_env() -> Path:

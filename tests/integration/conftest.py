@@ -17,7 +17,11 @@ import httpx
 import pytest
 import yaml
 
+from surge.config import hash_admin_key
+
 REPO_ROOT = Path(__file__).parents[2]
+ADMIN_KEY = "test-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_port() -> int:
@@ -46,7 +50,12 @@ class Server:
 def run_server(config: dict, workdir: Path, start_timeout_s: float = 180) -> Iterator[Server]:
     """Write `config`, start the server on a free port, wait until ready, stop it after."""
     port = free_port()
-    config = {**config, "server": {**config.get("server", {}), "port": port}}
+    config = {
+        "registry_url": f"sqlite:///{workdir / 'registry.db'}",
+        "admin": {"keys": [{"name": "tester", "sha256": hash_admin_key(ADMIN_KEY)}]},
+        **config,
+        "server": {**config.get("server", {}), "port": port},
+    }
     config_path = workdir / f"surge-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"surge-{port}.log"

@@ -45,6 +45,8 @@ def test_models_lists_versions_and_ready_state(demo_server, tmp_path):
     )
     out = surge("models", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line for line in out.stdout.splitlines()[2:]}
-    assert "sklearn" in rows["digits"] and rows["digits"].split()[-2:] == ["digits", "ready"]
-    assert rows["embed"].endswith("not configured")
+    rows = {tuple(line.split()[:2]): line for line in out.stdout.splitlines()[2:]}
+    assert "sklearn" in rows["digits", "1"]
+    assert rows["digits", "1"].split()[-2:] == ["digits", "ready"]
+    assert rows["digits", "2"].endswith("not configured")  # built, not serving
+    assert rows["embed", "1"].endswith("not configured")

@@ -77,10 +77,11 @@ def test_unknown_model_and_version_are_client_errors(client):
 
 def test_admin_view_shows_how_each_endpoint_runs(demo_server):
     import httpx
+    from conftest import ADMIN
 
-    views = {e["endpoint"]: e for e in httpx.get(f"{demo_server.url}/admin/endpoints").json()[
-        "endpoints"
-    ]}  # fmt: skip
+    assert httpx.get(f"{demo_server.url}/admin/endpoints").status_code == 401
+    answer = httpx.get(f"{demo_server.url}/admin/endpoints", headers=ADMIN)
+    views = {e["endpoint"]: e for e in answer.json()["endpoints"]}
     embed = views["embed"]
     assert embed["state"] == "ready" and embed["runtime"] == "embeddings"
     assert embed["max_seq_length"] == 256 and embed["providers"] == ["CPUExecutionProvider"]

@@ -1,30 +1,157 @@
-"""Read-only admin views (the admin error shape). Keys and write operations come with rollouts."""
+"""The admin API under /admin: views and rollout operations, behind an admin key.
+
+Every route answers in the admin error shape; the CLI (`surge deploy`, `promote`,
+`rollback`, `status`, `history`) is a client of these same routes.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from surge.api.http import read_body
+from surge.api.state import ServerState
+from surge.core.errors import bad_input
+from surge.serving.rollouts import DEPLOY_MODES, Rollouts
+
+MAX_ADMIN_BODY_BYTES = 64 << 10
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def _authorized(request: Request) -> tuple[ServerState, str]:
+    """The server state and the name of the admin key the request shows."""
+    state: ServerState = request.app.state.surge
+    actor = state.admin.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-admin-key")
+    )
+    return state, actor
+
+
+def _rollouts(state: ServerState) -> Rollouts:
+    assert state.rollouts is not None  # set by the lifespan before any request
+    return state.rollouts
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await read_body(request, MAX_ADMIN_BODY_BYTES)
+    if not raw.strip():
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_input(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise bad_input("request body must be a JSON object")
+    return doc
+
+
+def _string(doc: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = doc.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise bad_input(f"'{key}' is required and must be a non-empty string")
+    return value
+
 
 async def endpoints(request: Request) -> Response:
     """What serves, how it runs, and what it measured (e.g. the int8 quality report)."""
-    state = request.app.state.surge
+    state, _ = _authorized(request)
     body = []
-    for deployment in state.deployments.values():
-        queue = deployment.queue_state()
-        top = deployment.spec.batching.max_batch_size
-        body.append({
-            **deployment.describe(),
-            "queued_requests": queue.queued_requests,
-            "busy_replicas": queue.busy_replicas,
-            "batch_latency_ms": {
-                "1": round(deployment.latency.estimate_s(1) * 1000, 3),
-                str(top): round(deployment.latency.estimate_s(top) * 1000, 3),
-            },
-        })  # fmt: skip
-    return Response(orjson.dumps({"endpoints": body}), media_type="application/json")
+    for endpoint in state.endpoints.values():
+        for deployment in endpoint.deployments:
+            queue = deployment.queue_state()
+            top = deployment.spec.batching.max_batch_size
+            body.append({
+                **deployment.describe(),
+                "role": "stable" if deployment is endpoint.stable else "candidate",
+                "queued_requests": queue.queued_requests,
+                "busy_replicas": queue.busy_replicas,
+                "batch_latency_ms": {
+                    "1": round(deployment.latency.estimate_s(1) * 1000, 3),
+                    str(top): round(deployment.latency.estimate_s(top) * 1000, 3),
+                },
+            })  # fmt: skip
+    return _json({"endpoints": body})
 
 
-ROUTES = [Route("/admin/endpoints", endpoints)]
+async def status(request: Request) -> Response:
+    state, _ = _authorized(request)
+    return _json(_rollouts(state).status(request.path_params["endpoint"]))
+
+
+async def deploy(request: Request) -> Response:
+    state, actor = _authorized(request)
+    doc = await _body(request)
+    name = request.path_params["endpoint"]
+    mode = doc.get("mode", "swap")
+    if mode not in DEPLOY_MODES:
+        raise bad_input(f"'mode' must be one of {', '.join(DEPLOY_MODES)}, got {mode!r}")
+    percent = doc.get("percent")
+    if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
+        raise bad_input(f"'percent' must be a number, got {percent!r}")
+    model = _string(doc, "model", state.config.model_of(name) if name in state.endpoints else None)
+    result = await _rollouts(state).deploy(
+        name, model, _string(doc, "version"), mode=mode, percent=percent, actor=actor
+    )
+    return _json(result)
+
+
+async def promote(request: Request) -> Response:
+    state, actor = _authorized(request)
+    doc = await _body(request)
+    reason = str(doc.get("reason") or "operator")
+    return _json(
+        await _rollouts(state).promote(request.path_params["endpoint"], actor=actor, reason=reason)
+    )
+
+
+async def rollback(request: Request) -> Response:
+    state, actor = _authorized(request)
+    doc = await _body(request)
+    reason = str(doc.get("reason") or "operator")
+    return _json(
+        await _rollouts(state).rollback(request.path_params["endpoint"], actor=actor, reason=reason)
+    )
+
+
+async def history(request: Request) -> Response:
+    state, _ = _authorized(request)
+    query = request.query_params
+    limit_raw = query.get("limit", "100")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 10_000:
+        raise bad_input(f"'limit' must be a whole number in 1..10000, got {limit_raw!r}")
+    entries = await _rollouts(state).history(
+        query.get("endpoint"), int(limit_raw), query.get("action")
+    )
+    return _json({"entries": entries})
+
+
+async def versions(request: Request) -> Response:
+    state, _ = _authorized(request)
+    assert state.store is not None
+    records = await asyncio.to_thread(state.store.list_versions, request.query_params.get("model"))
+    return _json({
+        "versions": [
+            {"model": r.model, "version": r.version, "checksum": r.checksum,
+             "registered_at": r.registered_at, "registered_by": r.registered_by}
+            for r in records
+        ]
+    })  # fmt: skip
+
+
+ROUTES = [
+    Route("/admin/endpoints", endpoints),
+    Route("/admin/endpoints/{endpoint}", status),
+    Route("/admin/endpoints/{endpoint}/deploy", deploy, methods=["POST"]),
+    Route("/admin/endpoints/{endpoint}/promote", promote, methods=["POST"]),
+    Route("/admin/endpoints/{endpoint}/rollback", rollback, methods=["POST"]),
+    Route("/admin/history", history),
+    Route("/admin/versions", versions),
+]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError, bad_input
+
+if TYPE_CHECKING:
+    from surge.serving.endpoint import Endpoint
 
 # Server-Timing names for the leg each stamp ends, in relay order.
 TIMING_LEGS = (
@@ -19,6 +23,14 @@ TIMING_LEGS = (
     ("compute_end", "compute"),
     ("responded", "respond"),
 )
+
+
+def user_key(request: Request, endpoint: Endpoint, parameters: dict[str, Any]) -> str | None:
+    """The key a sticky A/B split assigns by: a header, or a request parameter (the
+    endpoint's `ab_key`, e.g. `header:x-user-id` or `parameter:user`)."""
+    source, _, name = endpoint.ab_key.partition(":")
+    value = request.headers.get(name) if source == "header" else parameters.get(name)
+    return None if value is None else str(value)
 
 
 def header(request: Request, name: bytes) -> str | None:

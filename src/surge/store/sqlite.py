@@ -1,0 +1,64 @@
+"""The registry in one SQLite file: the embedded default, shared by a server's worker processes."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from surge.core.errors import SurgeError
+from surge.store.sql import SqlRegistryStore
+
+T = TypeVar("T")
+
+# How long a writer waits for another process's transaction before giving up. Admin
+# changes are rare and short, so contention means a stuck process, not load.
+BUSY_TIMEOUT_S = 30.0
+
+
+class SqliteRegistryStore(SqlRegistryStore):
+    """One connection guarded by the base class's lock, rather than a connection per call:
+    `:memory:` is a database per connection, so only a single connection can hold it, and
+    admin operations are too rare for the serialisation to cost anything.
+    `check_same_thread=False` because `asyncio.to_thread` may run each call on another thread.
+    """
+
+    def __init__(self, path: str, namespace: str = "surge") -> None:
+        self.path = path
+        super().__init__(namespace)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; `_transaction` says BEGIN itself.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise SurgeError(
+                "bad_config", f"cannot open the registry database {self.path}: {exc}", 500
+            ) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if self.path != ":memory:":
+                # WAL: readers in other worker processes never block the writer, nor it them.
+                conn.execute("PRAGMA journal_mode = WAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _transaction(self, work: Callable[[Any], T]) -> T:
+        # IMMEDIATE takes the write lock before the first read, so the doc a change
+        # replaces cannot be changed by another process before this one writes.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._conn)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return result
