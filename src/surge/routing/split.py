@@ -21,10 +21,10 @@ def sticky_arm(key: str, weights: Mapping[str, float]) -> str:
     """The arm a user key belongs to, by weighted rendezvous hashing.
 
     Each arm draws an exponential variate from the key's hash, scaled by its weight;
-    the smallest wins, so each arm gets its weight's share of keys. A key's arm
-    changes only when the winning arm's weight falls or another arm's rises, and
-    then only to that other arm: keys never move between two arms whose weights
-    stayed the same.
+    the smallest wins, so each arm gets its weight's share of keys. When one arm's
+    weight changes, keys move only to it (it rose) or from it (it fell): never between
+    two arms whose weights stayed the same. Raising a canary from 5 % to 25 % moves
+    users from stable to the canary and none back.
     """
     best, best_score = None, math.inf
     for arm, weight in weights.items():
