@@ -73,9 +73,9 @@ class ServerState:
         # cores and seed each other's latency models with contended timings.
         for name, endpoint_config in config.endpoints.items():
             doc = _still_current(docs.get(name), rollouts, name)
-            ref = doc["stable"] if doc else rollouts.doc_config_ref(name)
+            ref = doc["stable"] if doc else rollouts.config_ref(name)
             stable = factory.build(name, factory.version(ref["model"], ref["version"]))
-            await rollouts.register(stable, "config")
+            await rollouts.versions.register(stable, "config")
             await self._start_one(stable)
             self.endpoints[name] = Endpoint(
                 name,
@@ -138,6 +138,6 @@ def _still_current(doc: dict[str, Any] | None, rollouts: Rollouts, name: str) ->
     since it was written: a changed config is the operator's newer intent."""
     if doc is None:
         return None
-    if doc.get("config_version") != rollouts.doc_config_ref(name):
+    if doc.get("config_version") != rollouts.config_ref(name):
         return None
     return doc

@@ -10,7 +10,6 @@ route, draining and unloading the version that lost, persisting and auditing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +30,9 @@ from surge.routing.rollout import (
 )
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
-from surge.serving.factory import DeploymentFactory, check_compatible, version_checksum
+from surge.serving.factory import DeploymentFactory, check_compatible
+from surge.serving.lifecycle import VersionLifecycle
+from surge.serving.rollout_status import describe_route, version_ref
 from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.rollouts")
@@ -53,10 +54,6 @@ def policy_of(config: Config, endpoint: str) -> RolloutPolicy:
     )
 
 
-def _ref(deployment: Deployment) -> dict[str, str]:
-    return {"model": deployment.spec.version.model, "version": deployment.version}
-
-
 class Rollouts:
     def __init__(
         self,
@@ -76,23 +73,10 @@ class Rollouts:
         self.controllers: dict[str, RolloutController] = {}
         self.waiting_for: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self.versions = VersionLifecycle(factory, store, config.server.shutdown_grace_s, wall_clock)
         self._ticker: asyncio.Task[None] | None = None
 
     # -- start-up: the registry says what serves --------------------------------------
-
-    async def register(self, deployment: Deployment, actor: str) -> None:
-        """Pin the version's checksum in the registry; a rebuilt version with other files
-        under the same number refuses to load (409)."""
-        version = deployment.spec.version
-        await asyncio.to_thread(
-            self.store.register_version,
-            version.model,
-            version.version,
-            version_checksum(version),
-            actor,
-            self.wall_clock(),
-        )
 
     async def restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
         """Bring back a rollout the registry recorded for `name` (its stable already runs)."""
@@ -101,7 +85,9 @@ class Rollouts:
             return
         endpoint = self.endpoints[name]
         mode = doc["mode"]
-        candidate = await self._load(name, candidate_ref, shadow=mode == "shadow", actor="restart")
+        candidate = await self.versions.load(
+            name, candidate_ref, shadow=mode == "shadow", actor="restart"
+        )
         check_compatible(stable, candidate)
         percent = float(doc.get("percent", 0.0))
         saved = doc.get("rollout")
@@ -121,13 +107,13 @@ class Rollouts:
             endpoint.percent,
         )
 
-    def doc_config_ref(self, name: str) -> dict[str, str]:
+    def config_ref(self, name: str) -> dict[str, str]:
         """The version the config file names for `name`."""
         return {"model": self.config.model_of(name), "version": self.config.endpoints[name].version}
 
     async def persist_configured(self, name: str, previous: dict[str, Any] | None) -> None:
         """Record that `name` serves what the config names (first start, or a config change)."""
-        ref = self.doc_config_ref(name)
+        ref = self.config_ref(name)
         reason = f"serving {ref['model']}@{ref['version']} from the config"
         if previous is not None:
             was = previous.get("stable", {})
@@ -147,12 +133,12 @@ class Rollouts:
         endpoint = self.endpoints[name]
         controller = self.controllers.get(name)
         return {
-            "stable": _ref(endpoint.stable),
-            "candidate": _ref(endpoint.candidate) if endpoint.candidate else None,
+            "stable": version_ref(endpoint.stable),
+            "candidate": version_ref(endpoint.candidate) if endpoint.candidate else None,
             "mode": endpoint.mode,
             "percent": endpoint.percent,
             "rollout": controller.to_dict() if controller else None,
-            "config_version": self.doc_config_ref(name),
+            "config_version": self.config_ref(name),
         }
 
     def start(self) -> None:
@@ -164,9 +150,7 @@ class Rollouts:
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.versions.wait_retired()
 
     # -- operations -------------------------------------------------------------------
 
@@ -222,7 +206,7 @@ class Rollouts:
                     f"({endpoint.stable.spec.version.ref}); deploy another version number",
                     409,
                 )
-            candidate = await self._load(
+            candidate = await self.versions.load(
                 name, {"model": model, "version": version}, shadow=mode == "shadow", actor=actor
             )
             try:
@@ -233,7 +217,7 @@ class Rollouts:
             policy = policy_of(self.config, name)
             now = self.clock()
             if mode == "swap":
-                self._retire(endpoint.swap_stable(candidate))
+                self.versions.retire(endpoint.swap_stable(candidate))
                 reason = f"hot swap to {model}@{version}"
             elif mode == "ab":
                 share = 50.0 if percent is None else percent
@@ -283,36 +267,13 @@ class Rollouts:
 
     def status(self, name: str) -> dict[str, Any]:
         endpoint = self._endpoint(name)
-        controller = self.controllers.get(name)
-        weights = endpoint.weights()
-        versions = []
-        for deployment in endpoint.deployments:
-            role = "stable" if deployment is endpoint.stable else "candidate"
-            versions.append({
-                "role": role,
-                **_ref(deployment),
-                "state": deployment.state,
-                "traffic_percent": weights.get(deployment.version, 0.0),
-                **endpoint.stats[deployment.version].describe(),
-            })  # fmt: skip
-        rollout = None
-        if controller is not None:
-            policy = controller.policy
-            rollout = {
-                "stage": controller.stage,
-                "step": controller.step,
-                "steps_percent": list(policy.steps_percent),
-                "percent": controller.percent,
-                "step_running_s": round(self.clock() - controller.step_started_at, 1),
-                "waiting_for": self.waiting_for.get(name, "the first evaluation"),
-            }
-        return {
-            "endpoint": name,
-            "mode": endpoint.mode,
-            "ab_key": self.config.endpoints[name].ab_key if endpoint.mode == "ab" else None,
-            "versions": versions,
-            "rollout": rollout,
-        }
+        return describe_route(
+            endpoint,
+            self.controllers.get(name),
+            waiting_for=self.waiting_for.get(name, "the first evaluation"),
+            ab_key=self.config.endpoints[name].ab_key,
+            now=self.clock(),
+        )
 
     async def history(
         self, name: str | None = None, limit: int = 100, action: str | None = None
@@ -372,11 +333,11 @@ class Rollouts:
         if endpoint.mode == "shadow":
             # The shadow copy runs at background priority with its own metrics; the
             # version that takes live traffic is loaded afresh at live priority.
-            live = await self._load(name, _ref(candidate), shadow=False, actor=actor)
+            live = await self.versions.load(name, version_ref(candidate), shadow=False, actor=actor)
             endpoint.set_route("single", None, 0.0)
-            self._retire(candidate)
+            self.versions.retire(candidate)
             candidate = live
-        self._retire(endpoint.swap_stable(candidate))
+        self.versions.retire(endpoint.swap_stable(candidate))
         self.controllers.pop(name, None)
         self.waiting_for.pop(name, None)
         await self._persist(name, actor, "promote", reason)
@@ -386,42 +347,11 @@ class Rollouts:
         candidate = endpoint.candidate
         assert candidate is not None
         endpoint.set_route("single", None, 0.0)
-        self._retire(candidate)
+        self.versions.retire(candidate)
         self.controllers.pop(name, None)
         self.waiting_for.pop(name, None)
         log.warning("%s: rolled back %s: %s", name, candidate.spec.version.ref, reason)
         await self._persist(name, actor, "rollback", reason)
-
-    async def _load(
-        self, name: str, ref: dict[str, str], *, shadow: bool, actor: str
-    ) -> Deployment:
-        version = await asyncio.to_thread(self.factory.version, ref["model"], ref["version"])
-        deployment = self.factory.build(name, version, shadow=shadow)
-        await self.register(deployment, actor)
-        try:
-            await deployment.start()
-        except SurgeError:
-            await deployment.stop()
-            raise
-        except Exception as exc:
-            await deployment.stop()
-            raise SurgeError(
-                "load_failed", f"{version.ref} failed to load: {type(exc).__name__}: {exc}", 422
-            ) from exc
-        deployment.metrics.ready = True
-        return deployment
-
-    def _retire(self, deployment: Deployment) -> None:
-        """Let the deployment that lost traffic finish what it holds, then unload it."""
-
-        async def drain_and_stop() -> None:
-            await deployment.drain(self.config.server.shutdown_grace_s)
-            await deployment.stop()
-            log.info("%s: unloaded %s", deployment.name, deployment.spec.version.ref)
-
-        task = asyncio.get_running_loop().create_task(drain_and_stop())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _reset_windows(self, endpoint: Endpoint) -> None:
         for deployment in endpoint.deployments:
