@@ -26,7 +26,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     how = deploy.add_mutually_exclusive_group()
     how.add_argument("--canary", metavar="PERCENT", help="start a canary at this share, e.g. 5%%")
     how.add_argument("--shadow", action="store_true", help="mirror live traffic to it")
-    how.add_argument("--ab", action="store_true", help="sticky A/B split by the endpoint's ab_key")
+    how.add_argument(
+        "--ab",
+        nargs="?",
+        const="",
+        metavar="KEY",
+        help="sticky A/B split by a user key: a header name, header:<name> or parameter:<name> "
+        "(default: the endpoint's ab_key)",
+    )
     deploy.add_argument("--weight", metavar="PERCENT", help="--ab: the new version's share")
     common(deploy)
     deploy.set_defaults(func=cmd_deploy)
@@ -91,8 +98,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         body.update(mode="canary", percent=_percent(args.canary))
     elif args.shadow:
         body["mode"] = "shadow"
-    elif args.ab:
+    elif args.ab is not None:
         body.update(mode="ab", percent=_percent(args.weight) or 50.0)
+        if args.ab:
+            body["ab_key"] = args.ab if ":" in args.ab else f"header:{args.ab}"
     return _print(
         args, _call(args, "POST", f"/admin/endpoints/{args.endpoint}/deploy", body), render_status
     )

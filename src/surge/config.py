@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
 
 
+AB_KEY_PATTERN = r"^(header|parameter):[A-Za-z0-9_.-]+$"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,7 +109,7 @@ class EndpointConfig(Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ab_key: str = Field(
         "header:x-user-id",
-        pattern=r"^(header|parameter):[A-Za-z0-9_.-]+$",
+        pattern=AB_KEY_PATTERN,
         description="where a sticky A/B split finds the user key: header:<name> or "
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )

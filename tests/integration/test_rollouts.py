@@ -104,24 +104,28 @@ def test_bad_canary_is_rolled_back_and_clients_barely_notice(repo, tmp_path):
         assert 'surge_version_retried_on_stable_total{endpoint="digits",version="9"}' in metrics
 
 
-def test_sticky_ab_keeps_each_user_on_one_arm(repo, tmp_path):
+@pytest.mark.parametrize("source", ["header", "parameter"])
+def test_sticky_ab_keeps_each_user_on_one_arm(source, repo, tmp_path):
+    deploy = {"version": "2", "mode": "ab", "percent": 50}
+    if source == "parameter":
+        deploy["ab_key"] = "parameter:user"  # a field in the v2 request's parameters
+
+    def request(user: int, round_: int) -> tuple[dict, dict]:
+        body = digit_body(user + round_)
+        if source == "header":  # the endpoint's default ab_key, header:x-user-id
+            return body, {"X-User-Id": f"user-{user}"}
+        return {**body, "parameters": {"user": f"user-{user}"}}, {}
+
     with run_server(digits_config(repo), tmp_path) as server:
-        r = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "2", "mode": "ab", "percent": 50},
-        )
+        r = admin(server.url, "POST", "/admin/endpoints/digits/deploy", json=deploy)
         assert r.status_code == 200, r.text
+        assert r.json()["ab_key"] == deploy.get("ab_key", "header:x-user-id")
         arms: dict[str, set[str]] = {}
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for round_ in range(2):
                 for user in range(150):
-                    answer = client.post(
-                        "/v2/models/digits/infer",
-                        json=digit_body(user + round_),
-                        headers={"X-User-Id": f"user-{user}"},
-                    )
+                    body, headers = request(user, round_)
+                    answer = client.post("/v2/models/digits/infer", json=body, headers=headers)
                     assert answer.status_code == 200, answer.text
                     arms.setdefault(f"user-{user}", set()).add(answer.headers["x-model-version"])
         assert all(len(a) == 1 for a in arms.values())

@@ -7,6 +7,7 @@ Every route answers in the admin error shape; the CLI (`surge deploy`, `promote`
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -16,10 +17,12 @@ from starlette.routing import Route
 
 from surge.api.http import read_body
 from surge.api.state import ServerState
+from surge.config import AB_KEY_PATTERN
 from surge.core.errors import bad_input
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
 
 MAX_ADMIN_BODY_BYTES = 64 << 10
+AB_KEY = re.compile(AB_KEY_PATTERN)
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -97,8 +100,19 @@ async def deploy(request: Request) -> Response:
     if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
         raise bad_input(f"'percent' must be a number, got {percent!r}")
     model = _string(doc, "model", state.config.model_of(name) if name in state.endpoints else None)
+    ab_key = doc.get("ab_key")
+    if ab_key is not None and not (isinstance(ab_key, str) and AB_KEY.fullmatch(ab_key)):
+        raise bad_input(
+            f"'ab_key' must look like header:<name> or parameter:<name>, got {ab_key!r}"
+        )
     result = await _rollouts(state).deploy(
-        name, model, _string(doc, "version"), mode=mode, percent=percent, actor=actor
+        name,
+        model,
+        _string(doc, "version"),
+        mode=mode,
+        percent=percent,
+        ab_key=ab_key,
+        actor=actor,
     )
     return _json(result)
 

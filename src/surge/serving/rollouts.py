@@ -98,6 +98,7 @@ class Rollouts:
             controller.step_started_at = self.clock()
             self.controllers[name] = controller
             percent = controller.percent
+        endpoint.ab_key = doc.get("ab_key") or endpoint.ab_key
         endpoint.set_route(mode, candidate, percent)
         log.info(
             "%s: resumed %s of %s at %.1f %%",
@@ -137,6 +138,7 @@ class Rollouts:
             "candidate": version_ref(endpoint.candidate) if endpoint.candidate else None,
             "mode": endpoint.mode,
             "percent": endpoint.percent,
+            "ab_key": endpoint.ab_key,
             "rollout": controller.to_dict() if controller else None,
             "config_version": self.config_ref(name),
         }
@@ -174,6 +176,7 @@ class Rollouts:
         *,
         mode: str = "swap",
         percent: float | None = None,
+        ab_key: str | None = None,
         actor: str,
     ) -> dict[str, Any]:
         endpoint = self._endpoint(name)
@@ -221,10 +224,9 @@ class Rollouts:
                 reason = f"hot swap to {model}@{version}"
             elif mode == "ab":
                 share = 50.0 if percent is None else percent
+                endpoint.ab_key = ab_key or self.config.endpoints[name].ab_key
                 endpoint.set_route("ab", candidate, share)
-                reason = (
-                    f"sticky A/B on {self.config.endpoints[name].ab_key}: {share:g} % to v{version}"
-                )
+                reason = f"sticky A/B on {endpoint.ab_key}: {share:g} % to v{version}"
             else:
                 controller = RolloutController(policy, stage=mode, step=0, step_started_at=now)
                 if mode == "canary" and percent is not None:
@@ -271,7 +273,7 @@ class Rollouts:
             endpoint,
             self.controllers.get(name),
             waiting_for=self.waiting_for.get(name, "the first evaluation"),
-            ab_key=self.config.endpoints[name].ab_key,
+            ab_key=endpoint.ab_key,
             now=self.clock(),
         )
 
