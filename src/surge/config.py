@@ -115,6 +115,60 @@ class EndpointConfig(Strict):
     )
 
 
+class CascadeTierConfig(Strict):
+    target: str = Field(description="an endpoint or another route")
+    threshold: float = Field(
+        ge=0, le=1, description="confidence at or above which a row is accepted"
+    )
+    confidence: Literal["max_probability", "margin"] = "max_probability"
+
+
+class CascadeConfig(Strict):
+    tiers: list[CascadeTierConfig] = Field(min_length=1, description="cheapest first")
+    review: bool = Field(
+        True, description="rows the last tier is unsure of are flagged and queued for human review"
+    )
+
+
+class LadderConfig(Strict):
+    rungs: list[str] = Field(min_length=1, description="targets, best (slowest) first")
+    safety_margin: float = Field(
+        0.9, gt=0, le=1, description="a rung fits when its estimate <= this x the time left"
+    )
+
+
+class FallbackConfig(Strict):
+    targets: list[str] = Field(min_length=2, description="tried in order on error or timeout")
+    failure_threshold: int = Field(5, ge=1, description="failures in window_s that open a breaker")
+    window_s: float = Field(10.0, gt=0)
+    open_s: float = Field(5.0, gt=0, description="how long an open breaker refuses before a probe")
+
+
+class RouteConfig(Strict):
+    """A public name whose requests a policy sends to endpoints (or other routes)."""
+
+    cascade: CascadeConfig | None = None
+    ladder: LadderConfig | None = None
+    fallback: FallbackConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_policy(self) -> RouteConfig:
+        chosen = [k for k in ("cascade", "ladder", "fallback") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"a route names exactly one policy (cascade, ladder, fallback), got {chosen}"
+            )
+        return self
+
+    def targets(self) -> list[str]:
+        if self.cascade is not None:
+            return [t.target for t in self.cascade.tiers]
+        if self.ladder is not None:
+            return list(self.ladder.rungs)
+        assert self.fallback is not None
+        return list(self.fallback.targets)
+
+
 class AdminKey(Strict):
     name: str = Field(description="who the key belongs to; recorded in the audit log")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the key")
@@ -138,6 +192,32 @@ class Config(Strict):
         "sqlite:///<path> (relative to the config file) or postgresql://...",
     )
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict, description="public names served by a routing policy"
+    )
+
+    @model_validator(mode="after")
+    def _routes_resolve(self) -> Config:
+        clash = sorted(set(self.routes) & set(self.endpoints))
+        if clash:
+            raise ValueError(f"routes {clash} have the names of endpoints")
+        known = set(self.routes) | set(self.endpoints)
+        for name, route in self.routes.items():
+            missing = [t for t in route.targets() if t not in known]
+            if missing:
+                raise ValueError(
+                    f"route {name!r} targets {missing}, which are neither endpoints nor routes"
+                )
+        for name in self.routes:  # a route may target routes, but never itself through them
+            seen, frontier = {name}, list(self.routes[name].targets())
+            while frontier:
+                target = frontier.pop()
+                if target == name:
+                    raise ValueError(f"route {name!r} reaches itself")
+                if target in self.routes and target not in seen:
+                    seen.add(target)
+                    frontier.extend(self.routes[target].targets())
+        return self
 
     def model_of(self, endpoint: str) -> str:
         return self.endpoints[endpoint].model or endpoint

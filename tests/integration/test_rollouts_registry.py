@@ -34,7 +34,9 @@ def _postgres_registry() -> str:
     psycopg = pytest.importorskip("psycopg")
     try:
         with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-            conn.execute("DROP TABLE IF EXISTS surge_audit, surge_routes, surge_versions")
+            conn.execute(
+                "DROP TABLE IF EXISTS surge_audit, surge_routes, surge_versions, surge_reviews"
+            )
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
     return POSTGRES_URL

@@ -25,7 +25,8 @@ SHA_B = "b" * 64
 
 
 def drop_tables(namespace: str) -> str:
-    return f"DROP TABLE IF EXISTS {namespace}_audit, {namespace}_routes, {namespace}_versions"
+    tables = ("audit", "routes", "versions", "reviews")
+    return "DROP TABLE IF EXISTS " + ", ".join(f"{namespace}_{t}" for t in tables)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any
 
 import orjson
@@ -138,11 +139,8 @@ async def rollback(request: Request) -> Response:
 async def history(request: Request) -> Response:
     state, _ = _authorized(request)
     query = request.query_params
-    limit_raw = query.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 10_000:
-        raise bad_input(f"'limit' must be a whole number in 1..10000, got {limit_raw!r}")
     entries = await _rollouts(state).history(
-        query.get("endpoint"), int(limit_raw), query.get("action")
+        query.get("endpoint"), _limit(query), query.get("action")
     )
     return _json({"entries": entries})
 
@@ -160,6 +158,46 @@ async def versions(request: Request) -> Response:
     })  # fmt: skip
 
 
+async def review_queue(request: Request) -> Response:
+    """Items a cascade's last tier was unsure of: pending (oldest first) by default."""
+    state, _ = _authorized(request)
+    assert state.store is not None
+    query = request.query_params
+    pending = {"pending": True, "labelled": False, "all": None}.get(query.get("state", "pending"))
+    if query.get("state", "pending") not in ("pending", "labelled", "all"):
+        raise bad_input("'state' must be pending, labelled or all")
+    items = await asyncio.to_thread(
+        state.store.list_reviews,
+        endpoint=query.get("endpoint"),
+        pending=pending,
+        limit=_limit(query),
+    )
+    return _json({"items": [item.to_dict() for item in items]})
+
+
+async def label_review(request: Request) -> Response:
+    """A human's label for a review item, stored as labelled feedback."""
+    state, actor = _authorized(request)
+    assert state.store is not None
+    raw_id = request.path_params["item"]
+    if not raw_id.isdigit():
+        raise bad_input(f"review item ids are whole numbers, got {raw_id!r}")
+    doc = await _body(request)
+    if "label" not in doc or doc["label"] is None:
+        raise bad_input("'label' is required: the correct answer for this item")
+    item = await asyncio.to_thread(
+        state.store.label_review, int(raw_id), doc["label"], actor=actor, now=time.time()
+    )
+    return _json(item.to_dict())
+
+
+def _limit(query: Any) -> int:
+    raw = query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise bad_input(f"'limit' must be a whole number in 1..10000, got {raw!r}")
+    return int(raw)
+
+
 ROUTES = [
     Route("/admin/endpoints", endpoints),
     Route("/admin/endpoints/{endpoint}", status),
@@ -168,4 +206,6 @@ ROUTES = [
     Route("/admin/endpoints/{endpoint}/rollback", rollback, methods=["POST"]),
     Route("/admin/history", history),
     Route("/admin/versions", versions),
+    Route("/admin/review", review_queue),
+    Route("/admin/review/{item}", label_review, methods=["POST"]),
 ]

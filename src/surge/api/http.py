@@ -12,6 +12,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError, bad_input
 
 if TYPE_CHECKING:
+    from surge.serving.deployment import Deployment
     from surge.serving.endpoint import Endpoint
 
 # Server-Timing names for the leg each stamp ends, in relay order.
@@ -102,6 +103,25 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
         timeout_s = timeout_ms / 1000.0
     scope["surge.endpoint"] = endpoint
     return RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
+
+
+def response_headers(ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
+    """Server-Timing, the version that answered, and `X-Surge-Route`: the final
+    model@version, and whether a route degraded or escalated the request."""
+    route = served_by.spec.version.ref
+    if ctx.decisions:
+        actions = {d.get("action") for d in ctx.decisions}
+        if "escalate" in actions:
+            route += "; escalated"
+        if ctx.degraded:
+            route += "; degraded"
+        if ctx.needs_review:
+            route += "; needs-review"
+    return {
+        "Server-Timing": server_timing(ctx),
+        "X-Model-Version": served_by.version,
+        "X-Surge-Route": route,
+    }
 
 
 def server_timing(ctx: RequestContext) -> str:

@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api.http import new_context, read_body, server_timing, user_key
+from surge.api.http import new_context, read_body, response_headers, user_key
 from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
 from surge.serving.deployment import Deployment
+from surge.serving.endpoint import Endpoint
 
 STARTED = int(time.time())
 
@@ -79,14 +80,14 @@ def _parse(body: bytes) -> EmbeddingsRequest:
 async def embeddings(request: Request) -> Response:
     state = _state(request)
     parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
-    endpoint = state.endpoint(parsed.model)
-    deployment = endpoint.stable
+    target = state.target(parsed.model)
+    deployment = state.deployment(parsed.model)  # what it takes (a route: its first endpoint)
     text_input = _text_input(deployment)
     if text_input is None:
         raise SurgeError(
             "model_not_found", f"model {parsed.model!r} is not an embeddings model", 404
         )
-    ctx = new_context(request, endpoint.name, deployment.spec.timeout_s)
+    ctx = new_context(request, target.name, deployment.spec.timeout_s)
     max_items = deployment.spec.batching.max_batch_size
     if len(parsed.texts) > max_items:
         raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")
@@ -97,10 +98,13 @@ async def embeddings(request: Request) -> Response:
         raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
     tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
     ctx.stamp("validated", monotonic())
-    key = None
-    if endpoint.mode == "ab":
-        key = user_key(request, endpoint, {"user": parsed.user} if parsed.user else {})
-    served = await endpoint.infer(ctx, tensors, len(parsed.texts), user_key=key)
+    if isinstance(target, Endpoint):
+        key = None
+        if target.mode == "ab":
+            key = user_key(request, target, {"user": parsed.user} if parsed.user else {})
+        served = await target.infer(ctx, tensors, len(parsed.texts), user_key=key)
+    else:
+        served = await target.infer(ctx, tensors, len(parsed.texts))
     deployment = served.deployment
     outputs = served.outputs
     vectors = outputs["embedding"]
@@ -113,17 +117,17 @@ async def embeddings(request: Request) -> Response:
     payload = {
         "object": "list",
         "data": data,
-        "model": deployment.name,
+        "model": target.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     now = monotonic()
     ctx.stamp("responded", now)
     deployment.metrics.total.observe(now - ctx.received)
-    deployment.metrics.count_response(200)
+    state.count_answer(target.name, 200)
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         200,
-        {"Server-Timing": server_timing(ctx), "X-Model-Version": deployment.version},
+        response_headers(ctx, deployment),
         "application/json",
     )
 
@@ -131,7 +135,7 @@ async def embeddings(request: Request) -> Response:
 async def models(request: Request) -> Response:
     data = [
         {"id": name, "object": "model", "created": STARTED, "owned_by": "surge"}
-        for name in _state(request).endpoints
+        for name in [*_state(request).endpoints, *_state(request).routes]
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from surge.config import Config, cpu_count
+from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.observe.metrics import Metrics
 from surge.observe.rollout_metrics import RolloutCollector
+from surge.observe.route_metrics import RouteCollector
 from surge.repository import ModelRepository
+from surge.runtimes.base import Tensors
 from surge.security.admin_keys import AdminAuth
 from surge.serving.cores import plan_cores
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory
 from surge.serving.rollouts import Rollouts
+from surge.serving.routes import Route, build_routes
 from surge.store.registry import RegistryStore, open_store
 
 log = logging.getLogger("surge.server")
@@ -31,6 +38,7 @@ class ServerState:
     draining: bool = False
     store: RegistryStore | None = None
     rollouts: Rollouts | None = None
+    routes: dict[str, Route] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -42,17 +50,29 @@ class ServerState:
     def endpoint(self, name: str) -> Endpoint:
         found = self.endpoints.get(name)
         if found is None:
-            known = ", ".join(sorted(self.endpoints)) or "none"
+            known = ", ".join(sorted([*self.endpoints, *self.routes])) or "none"
             raise SurgeError("model_not_found", f"unknown model {name!r}; serving: {known}", 404)
         return found
 
+    def target(self, name: str) -> Endpoint | Route:
+        """What a public name serves: an endpoint, or a route over endpoints."""
+        found = self.routes.get(name)
+        return found if found is not None else self.endpoint(name)
+
     def deployment(self, name: str, version: str | None = None) -> Deployment:
-        """The deployment that describes `name` (its stable one, or a pinned version)."""
-        endpoint = self.endpoint(name)
-        return endpoint.pinned(version) if version else endpoint.stable
+        """The deployment that describes `name` (its stable one, a pinned version, or for a
+        route the first endpoint it sends to)."""
+        target = self.target(name)
+        if not isinstance(target, Endpoint):
+            if version:
+                raise SurgeError(
+                    "version_not_found", f"{name!r} is a route: it has no versions to pin", 404
+                )
+            return target.interface
+        return target.pinned(version) if version else target.stable
 
     def count_answer(self, endpoint: str | None, status: int) -> None:
-        if endpoint in self.endpoints:
+        if endpoint in self.endpoints or endpoint in self.routes:
             self.metrics.for_endpoint(endpoint).count_response(status)
         else:
             self.metrics.count_unrouted(status)
@@ -87,7 +107,34 @@ class ServerState:
                 await rollouts.persist_configured(name, docs.get(name))
             else:
                 await self._restore(name, doc, stable)
+        self.routes = build_routes(config.routes, self.endpoints, self._queue_for_review)
+        self.metrics.registry.register(RouteCollector(self.routes))
         rollouts.start()
+
+    async def _queue_for_review(
+        self,
+        route: str,
+        ctx: RequestContext,
+        rows: np.ndarray,
+        inputs: Tensors,
+        answer: Tensors,
+        confidence: np.ndarray,
+        served_by: str,
+    ) -> None:
+        """Persist each row the cascade's last tier was unsure of as a review item."""
+        assert self.store is not None
+        now = time.time()
+        for i, row in enumerate(rows.tolist()):
+            await asyncio.to_thread(
+                self.store.add_review,
+                endpoint=route,
+                request_id=f"{ctx.request_id}#{row}" if len(rows) > 1 else ctx.request_id,
+                inputs={k: _jsonable(v[i]) for k, v in inputs.items()},
+                answer={k: _jsonable(v[i]) for k, v in answer.items()},
+                confidence=float(confidence[i]),
+                served_by=served_by,
+                now=now,
+            )
 
     async def _restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
         assert self.rollouts is not None
@@ -131,6 +178,12 @@ class ServerState:
         for deployment in self._all_deployments():
             if deployment.state == "ready":
                 deployment.state = "draining"
+
+
+def _jsonable(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value.ravel()]
+    return value.tolist()
 
 
 def _still_current(doc: dict[str, Any] | None, rollouts: Rollouts, name: str) -> dict | None:

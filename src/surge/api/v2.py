@@ -13,13 +13,14 @@ from surge.api.http import (
     header,
     new_context,
     read_body,
-    server_timing,
+    response_headers,
     user_key,
 )
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
 from surge.core.errors import bad_input
+from surge.serving.endpoint import Endpoint
 
 JSON = "application/json"
 EXTENSIONS = ["binary_tensor_data"]
@@ -55,11 +56,12 @@ async def metadata(request: Request) -> Response:
     params = request.path_params
     deployment = _state(request).deployment(params["model"], params.get("version"))
     runtime = deployment.replicas[0].runtime
-    endpoint = _state(request).endpoint(params["model"])
+    target = _state(request).target(params["model"])
+    versions = [d.version for d in target.deployments] if isinstance(target, Endpoint) else []
     return _json(
         model_metadata(
-            deployment.name,
-            [d.version for d in endpoint.deployments],
+            target.name,
+            versions,
             deployment.spec.version.manifest.runtime,
             runtime.inputs,
             runtime.outputs,
@@ -70,12 +72,12 @@ async def metadata(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     state = _state(request)
     params = request.path_params
-    endpoint = state.endpoint(params["model"])
     version = params.get("version")
-    # The stable version (or the pinned one) defines the endpoint's tensors; a candidate
-    # is checked to take the same ones before it gets traffic.
-    interface = endpoint.pinned(version) if version else endpoint.stable
-    ctx = new_context(request, endpoint.name, interface.spec.timeout_s)
+    target = state.target(params["model"])
+    # What the endpoint takes: its stable version (or the pinned one), or for a route the
+    # first endpoint it sends to. Candidates are checked to take the same before they serve.
+    interface = state.deployment(params["model"], version)
+    ctx = new_context(request, target.name, interface.spec.timeout_s)
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)
     header_length = header(request, b"inference-header-content-length")
@@ -92,23 +94,27 @@ async def infer(request: Request) -> Response:
         interface.spec.batching.max_batch_size,
     )
     ctx.stamp("validated", monotonic())
-    key = user_key(request, endpoint, parsed.parameters) if endpoint.mode == "ab" else None
-    served = await endpoint.infer(ctx, parsed.tensors, parsed.rows, version=version, user_key=key)
+    if isinstance(target, Endpoint):
+        key = user_key(request, target, parsed.parameters) if target.mode == "ab" else None
+        served = await target.infer(ctx, parsed.tensors, parsed.rows, version=version, user_key=key)
+    else:
+        served = await target.infer(ctx, parsed.tensors, parsed.rows)
     deployment = served.deployment
     payload, json_length = encode_infer_response(
-        model_name=endpoint.name,
+        model_name=target.name,
         model_version=deployment.version,
         request_id=parsed.id,
         outputs=served.outputs,
         specs=deployment.replicas[0].runtime.outputs,
         requested=parsed.outputs,
         binary_output_default=parsed.binary_output_default,
+        parameters={"needs_review": ctx.needs_review} if ctx.needs_review else None,
     )
     now = monotonic()
     ctx.stamp("responded", now)
     deployment.metrics.total.observe(now - ctx.received)
-    deployment.metrics.count_response(200)
-    headers = {"Server-Timing": server_timing(ctx), "X-Model-Version": deployment.version}
+    state.count_answer(target.name, 200)
+    headers = response_headers(ctx, deployment)
     if json_length is None:
         return Response(payload, 200, headers, JSON)
     headers["Inference-Header-Content-Length"] = str(json_length)

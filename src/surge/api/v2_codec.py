@@ -139,6 +139,7 @@ def encode_infer_response(
     specs: list[TensorSpec],
     requested: list[RequestedOutput],
     binary_output_default: bool,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """Encode one response: (body, JSON header length, or None for a pure JSON body).
 
@@ -182,6 +183,8 @@ def encode_infer_response(
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = parameters  # response-level, e.g. a cascade's needs_review flags
     doc["outputs"] = entries
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:

@@ -7,6 +7,7 @@ Each leg of the relay stamps a monotonic time; the stamps become the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Stage names in relay order. A stage's duration is its stamp minus the previous stamp present.
 STAGES = (
@@ -28,6 +29,14 @@ class RequestContext:
     received: float
     stamps: dict[str, float] = field(default_factory=dict)
     rows: int = 1  # rows this request adds to a batch
+    # Every routing decision (policy, choice, reason, the numbers it used), in order:
+    # what a receipt shows of why the request went where it went.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    degraded: bool = False  # a cheaper target served than the route prefers (deadline, fallback)
+    needs_review: list[int] = field(default_factory=list)  # rows a cascade flagged for review
+
+    def decide(self, policy: str, choice: str, reason: str, **numbers: Any) -> None:
+        self.decisions.append({"policy": policy, "choice": choice, "reason": reason, **numbers})
 
     def stamp(self, stage: str, now: float) -> None:
         self.stamps[stage] = now

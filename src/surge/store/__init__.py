@@ -1,5 +1,6 @@
-"""Persistence: model versions, endpoint routes and the audit log (SQLite or PostgreSQL)."""
+"""Persistence: model versions, endpoint routes, the audit log and the human-review queue
+(SQLite or PostgreSQL)."""
 
-from surge.store.registry import AuditEntry, RegistryStore, VersionRecord, open_store
+from surge.store.registry import AuditEntry, RegistryStore, ReviewItem, VersionRecord, open_store
 
-__all__ = ["AuditEntry", "RegistryStore", "VersionRecord", "open_store"]
+__all__ = ["AuditEntry", "RegistryStore", "ReviewItem", "VersionRecord", "open_store"]

@@ -1,4 +1,5 @@
-"""The registry: which model versions exist, what each endpoint routes to, and who changed it.
+"""The registry: which model versions exist, what each endpoint routes to, and who changed it;
+and beside it the human-review queue, whose labelled items are the feedback a retraining reads.
 
 Every change of an endpoint's route is one transaction that writes the new state and
 appends an audit entry, so the audit log and the live state can never disagree, and a
@@ -40,6 +41,26 @@ class AuditEntry:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """An answer the last model was unsure of, waiting for (or given) a human's label."""
+
+    id: int  # increasing: the order items were queued in
+    endpoint: str  # the public endpoint the client called
+    request_id: str
+    created_at: float  # unix seconds, passed in by the caller
+    inputs: dict[str, Any]  # the request's input tensors, as lists
+    answer: dict[str, Any]  # what the client was answered
+    confidence: float
+    served_by: str  # model@version that produced the answer
+    label: Any | None  # the human's label (any JSON but null) once reviewed
+    labelled_by: str | None
+    labelled_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +121,42 @@ class RegistryStore(Protocol):
         """Newest first."""
         ...
 
+    def add_review(
+        self,
+        *,
+        endpoint: str,
+        request_id: str,
+        inputs: dict[str, Any],
+        answer: dict[str, Any],
+        confidence: float,
+        served_by: str,
+        now: float,
+    ) -> ReviewItem:
+        """Queue an answer for human review; a value that is not JSON is `invalid_input`."""
+        ...
+
+    def list_reviews(
+        self, *, endpoint: str | None = None, pending: bool | None = True, limit: int = 100
+    ) -> list[ReviewItem]:
+        """Pending items oldest first (the queue's order); `pending=False` the labelled ones
+        and `pending=None` all of them, newest first."""
+        ...
+
+    def label_review(self, item_id: int, label: Any, *, actor: str, now: float) -> ReviewItem:
+        """Record a human's label. The first label wins, across threads and processes: a
+        missing item is `review_not_found` (404), a labelled one `already_labelled` (409)."""
+        ...
+
+    def labelled_feedback(
+        self, *, endpoint: str | None = None, limit: int = 1000
+    ) -> list[ReviewItem]:
+        """Labelled items, most recently labelled first: what a retraining job reads."""
+        ...
+
+    def count_reviews(self, endpoint: str | None = None) -> dict[str, int]:
+        """`{"pending": n, "labelled": m}`."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -117,8 +174,9 @@ def open_store(url: str, namespace: str = "surge") -> RegistryStore:
 
     `sqlite:///<path>` (relative or, with a fourth slash, absolute), `sqlite://:memory:`,
     `:memory:` or a bare path open SQLite; `postgresql://...` or `postgres://...` open
-    PostgreSQL. Tables are named `<namespace>_versions`, `<namespace>_routes` and
-    `<namespace>_audit`, so several stores (or test runs) can share one database.
+    PostgreSQL. Tables are named `<namespace>_versions`, `<namespace>_routes`,
+    `<namespace>_audit` and `<namespace>_reviews`, so several stores (or test runs) can
+    share one database.
     """
     if not _NAMESPACE.fullmatch(namespace):
         raise SurgeError(

@@ -1,8 +1,14 @@
-"""The registry's tables, in SQL both SQLite and PostgreSQL accept.
+"""The store's tables, in SQL both SQLite and PostgreSQL accept, and how a JSON value is
+written to and read back from them.
 
-`{v}`, `{r}` and `{a}` are the namespaced table names; `{real}`, `{json_type}` and
+`{v}`, `{r}`, `{a}` and `{q}` are the namespaced table names; `{real}`, `{json_type}` and
 `{serial}` the column types each backend spells its own way.
 """
+
+from __future__ import annotations
+
+import json
+from typing import Any
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {v} (
@@ -28,4 +34,29 @@ SCHEMA = (
         after_doc {json_type},
         reason TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS {a}_by_endpoint ON {a} (endpoint, id)",
+    # The human-review queue: label is NULL while an item waits, and is set exactly once.
+    """CREATE TABLE IF NOT EXISTS {q} (
+        id {serial},
+        endpoint TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        created_at {real} NOT NULL,
+        inputs {json_type} NOT NULL,
+        answer {json_type} NOT NULL,
+        confidence {real} NOT NULL,
+        served_by TEXT NOT NULL,
+        label {json_type},
+        labelled_by TEXT,
+        labelled_at {real})""",
+    "CREATE INDEX IF NOT EXISTS {q}_by_endpoint ON {q} (endpoint, created_at)",
 )
+
+
+def encode_json(doc: Any) -> str | None:
+    # NaN is not JSON and PostgreSQL's JSONB refuses it; refuse it on SQLite too.
+    return None if doc is None else json.dumps(doc, allow_nan=False, separators=(",", ":"))
+
+
+def decode_json(value: Any) -> Any:
+    # SQLite hands back the text; psycopg has already parsed JSONB (a column read through
+    # CAST(... AS TEXT) comes back as text from both, which a bare JSON string needs).
+    return json.loads(value) if isinstance(value, str) else value

@@ -7,7 +7,6 @@ the placeholder, the column types, and how a JSON parameter is spelled.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,7 +18,8 @@ from surge.store.registry import (
     VersionRecord,
     checksum_conflict,
 )
-from surge.store.schema import SCHEMA
+from surge.store.review import ReviewQueue
+from surge.store.schema import SCHEMA, decode_json, encode_json
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ _VERSION_COLUMNS = "model, version, checksum, registered_at, registered_by"
 _AUDIT_COLUMNS = "id, recorded_at, actor, action, endpoint, before_doc, after_doc, reason"
 
 
-class SqlRegistryStore(RegistryStore):
+class SqlRegistryStore(ReviewQueue, RegistryStore):
     """One DB-API connection, used by one thread at a time (admin operations are rare, so
     serialising them in-process costs nothing; other processes are kept out by the
     database's own locks, taken in `_transaction`)."""
@@ -45,6 +45,7 @@ class SqlRegistryStore(RegistryStore):
             "v": f"{namespace}_versions",
             "r": f"{namespace}_routes",
             "a": f"{namespace}_audit",
+            "q": f"{namespace}_reviews",
             "j": self.json_param,
         }
         self._lock = threading.Lock()
@@ -107,12 +108,12 @@ class SqlRegistryStore(RegistryStore):
     def load_route(self, endpoint: str) -> dict[str, Any] | None:
         sql = self._sql("SELECT doc FROM {r} WHERE endpoint = ?")
         row = self._read(lambda conn: conn.execute(sql, (endpoint,)).fetchone())
-        return None if row is None else _decode(row[0])
+        return None if row is None else decode_json(row[0])
 
     def load_routes(self) -> dict[str, dict[str, Any]]:
         sql = self._sql("SELECT endpoint, doc FROM {r} WHERE doc IS NOT NULL ORDER BY endpoint")
         rows = self._read(lambda conn: conn.execute(sql).fetchall())
-        return {endpoint: _decode(doc) for endpoint, doc in rows}
+        return {endpoint: decode_json(doc) for endpoint, doc in rows}
 
     def apply_change(
         self,
@@ -152,11 +153,11 @@ class SqlRegistryStore(RegistryStore):
                 self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_route),
                 (endpoint,),
             ).fetchone()
-            before = _decode(row[0])
+            before = decode_json(row[0])
             after = change(before)
             conn.execute(
                 self._sql("UPDATE {r} SET doc = {j}, updated_at = ? WHERE endpoint = ?"),
-                (_encode(after), now, endpoint),
+                (encode_json(after), now, endpoint),
             )
             return self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
 
@@ -217,7 +218,7 @@ class SqlRegistryStore(RegistryStore):
         after: dict[str, Any] | None,
         reason: str,
     ) -> AuditEntry:
-        encoded_before, encoded_after = _encode(before), _encode(after)
+        encoded_before, encoded_after = encode_json(before), encode_json(after)
         (entry_id,) = conn.execute(
             self._sql(
                 "INSERT INTO {a} (recorded_at, actor, action, endpoint, before_doc, after_doc, "
@@ -226,18 +227,8 @@ class SqlRegistryStore(RegistryStore):
             (now, actor, action, endpoint, encoded_before, encoded_after, reason),
         ).fetchone()
         # The entry holds the docs as stored (a copy), not the caller's mutable dicts.
-        stored = (_decode(encoded_before), _decode(encoded_after))
+        stored = (decode_json(encoded_before), decode_json(encoded_after))
         return AuditEntry(entry_id, float(now), actor, action, endpoint, *stored, reason)
-
-
-def _encode(doc: dict[str, Any] | None) -> str | None:
-    # NaN is not JSON and PostgreSQL's JSONB refuses it; refuse it on SQLite too.
-    return None if doc is None else json.dumps(doc, allow_nan=False, separators=(",", ":"))
-
-
-def _decode(value: Any) -> Any:
-    # SQLite hands back the text; psycopg has already parsed JSONB.
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _version_record(row: Any) -> VersionRecord:
@@ -248,5 +239,12 @@ def _version_record(row: Any) -> VersionRecord:
 def _audit_entry(row: Any) -> AuditEntry:
     entry_id, at, actor, action, endpoint, before, after, reason = row
     return AuditEntry(
-        entry_id, float(at), actor, action, endpoint, _decode(before), _decode(after), reason
+        entry_id,
+        float(at),
+        actor,
+        action,
+        endpoint,
+        decode_json(before),
+        decode_json(after),
+        reason,
     )
