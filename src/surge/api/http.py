@@ -107,11 +107,10 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
 
 def response_headers(ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
     """Server-Timing, the version that answered, and `X-Surge-Route`: the final
-    model@version, and whether a route degraded or escalated the request."""
+    model@version, and whether a route escalated, degraded or flagged the request."""
     route = served_by.spec.version.ref
-    if ctx.decisions:
-        actions = {d.get("action") for d in ctx.decisions}
-        if "escalate" in actions:
+    if ctx.decisions:  # only routes decide; a plain endpoint skips this
+        if any(d.get("action") == "escalate" for d in ctx.decisions):
             route += "; escalated"
         if ctx.degraded:
             route += "; degraded"

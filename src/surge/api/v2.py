@@ -76,7 +76,10 @@ async def infer(request: Request) -> Response:
     target = state.target(params["model"])
     # What the endpoint takes: its stable version (or the pinned one), or for a route the
     # first endpoint it sends to. Candidates are checked to take the same before they serve.
-    interface = state.deployment(params["model"], version)
+    if isinstance(target, Endpoint):
+        interface = target.pinned(version) if version else target.stable
+    else:
+        interface = state.deployment(params["model"], version)
     ctx = new_context(request, target.name, interface.spec.timeout_s)
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)

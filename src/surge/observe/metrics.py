@@ -84,7 +84,10 @@ class Metrics(Collector):
         self.registry.register(self)
 
     def for_endpoint(self, endpoint: str) -> EndpointMetrics:
-        return self.endpoints.setdefault(endpoint, EndpointMetrics(endpoint))
+        found = self.endpoints.get(endpoint)
+        if found is None:  # built only once: this runs per answered request
+            found = self.endpoints[endpoint] = EndpointMetrics(endpoint)
+        return found
 
     def count_unrouted(self, status: int) -> None:
         self.unrouted.count_response(status)

@@ -30,7 +30,7 @@ log = logging.getLogger("surge.endpoint")
 MODES = ("single", "canary", "ab", "shadow")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request: slots, not frozen (frozen __init__ costs ~1 µs)
 class Served:
     outputs: Tensors
     deployment: Deployment
