@@ -1,4 +1,4 @@
-"""`surge deploy | promote | rollback | status | history`: the CLI face of the admin API.
+"""`surge deploy | promote | rollback | status | history | mode`: the CLI face of the admin API.
 
 Each command is one HTTP call to a running server's /admin routes, with the admin
 key from `--admin-key` or SURGE_ADMIN_KEY; what it prints is what the API answered.
@@ -52,6 +52,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     history.add_argument("--limit", type=int, default=20)
     common(history)
     history.set_defaults(func=cmd_history)
+    mode = sub.add_parser("mode", help="show the burst mode, force one, or release it")
+    mode.add_argument("mode", nargs="?", help="normal | surge | emergency: force it")
+    mode.add_argument("--release", action="store_true", help="back to automatic")
+    mode.add_argument("--reason", default="operator")
+    common(mode)
+    mode.set_defaults(func=cmd_mode)
 
 
 def _percent(raw: str | None) -> float | None:
@@ -119,6 +125,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     query = f"?limit={args.limit}" + (f"&endpoint={args.endpoint}" if args.endpoint else "")
     return _print(args, _call(args, "GET", f"/admin/history{query}"), render_history)
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    if args.release:
+        doc = _call(args, "DELETE", "/admin/mode", {"reason": args.reason})
+    elif args.mode:
+        doc = _call(args, "POST", "/admin/mode", {"mode": args.mode, "reason": args.reason})
+    else:
+        doc = _call(args, "GET", "/admin/mode")
+    return _print(args, doc, render_mode)
+
+
+def render_mode(doc: dict[str, Any]) -> None:
+    how = "forced" if doc["forced"] else ("automatic" if doc["automatic"] else "fixed")
+    print(f"mode {doc['mode']} ({how}); switches {doc['switches']}; signals {doc['signals']}")
+    for change in doc["history"][-5:]:
+        print(f"  {change['from']} -> {change['to']}: {change['reason']}")
 
 
 def render_status(doc: dict[str, Any]) -> None:

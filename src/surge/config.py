@@ -169,6 +169,20 @@ class RouteConfig(Strict):
         return list(self.fallback.targets)
 
 
+class ModesConfig(Strict):
+    """Burst modes (normal / surge / emergency, see routing/modes.py), flipped by load."""
+
+    enabled: bool = Field(True, description="change modes automatically from live signals")
+    target_p99_ms: float = Field(
+        500.0, gt=0, description="the p99 the p99 signal is measured against"
+    )
+    evaluate_interval_s: float = Field(1.0, gt=0, description="how often the signals are sampled")
+    hold_s: float = Field(10.0, ge=0, description="calm time before stepping down one mode")
+    min_dwell_s: float = Field(
+        5.0, ge=0, description="no automatic change sooner than this after one"
+    )
+
+
 class AdminKey(Strict):
     name: str = Field(description="who the key belongs to; recorded in the audit log")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the key")
@@ -195,6 +209,7 @@ class Config(Strict):
     routes: dict[str, RouteConfig] = Field(
         default_factory=dict, description="public names served by a routing policy"
     )
+    modes: ModesConfig = Field(default_factory=ModesConfig)
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> Config:

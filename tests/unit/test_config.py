@@ -18,7 +18,20 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_demo_config_is_valid():
     config = load_config(None)
-    assert set(config.endpoints) == {"digits", "embed"}
+    assert set(config.endpoints) == {"digits", "embed", "digits_small", "digits_big"}
+    assert config.routes["digits_smart"].targets() == ["digits_small", "digits_big"]
+
+
+def test_routes_must_target_what_exists_and_never_themselves(tmp_path):
+    endpoints = "endpoints: {a: {}}\n"
+    for routes, words in [
+        ("routes: {r: {cascade: {tiers: [{target: ghost, threshold: 0.5}]}}}", "ghost"),
+        ("routes: {a: {ladder: {rungs: [a]}}}", "names of endpoints"),
+        ("routes: {r: {ladder: {rungs: [s]}}, s: {ladder: {rungs: [r]}}}", "reaches itself"),
+        ("routes: {r: {ladder: {rungs: [a]}, fallback: {targets: [a, a]}}}", "exactly one"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            load_config(write(tmp_path, endpoints + routes))
 
 
 def test_unknown_keys_and_wrong_types_name_their_path(tmp_path):

@@ -20,6 +20,7 @@ from surge.api.http import read_body
 from surge.api.state import ServerState
 from surge.config import AB_KEY_PATTERN
 from surge.core.errors import bad_input
+from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
 
 MAX_ADMIN_BODY_BYTES = 64 << 10
@@ -191,6 +192,25 @@ async def label_review(request: Request) -> Response:
     return _json(item.to_dict())
 
 
+def _modes(state: ServerState) -> ModeDriver:
+    assert state.modes is not None  # set by the lifespan before any request
+    return state.modes
+
+
+async def mode(request: Request) -> Response:
+    """GET: the burst mode, its switches, signals and recent changes. POST {"mode",
+    "reason"}: force a mode until released. DELETE: back to automatic."""
+    state, actor = _authorized(request)
+    modes = _modes(state)
+    if request.method == "GET":
+        return _json(modes.describe())
+    doc = await _body(request)
+    reason = str(doc.get("reason") or "operator")
+    if request.method == "DELETE":
+        return _json(await modes.release(reason, actor))
+    return _json(await modes.force(_string(doc, "mode"), reason, actor))
+
+
 def _limit(query: Any) -> int:
     raw = query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
@@ -207,5 +227,6 @@ ROUTES = [
     Route("/admin/history", history),
     Route("/admin/versions", versions),
     Route("/admin/review", review_queue),
+    Route("/admin/mode", mode, methods=["GET", "POST", "DELETE"]),
     Route("/admin/review/{item}", label_review, methods=["POST"]),
 ]

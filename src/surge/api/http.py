@@ -14,6 +14,7 @@ from surge.core.errors import SurgeError, bad_input
 if TYPE_CHECKING:
     from surge.serving.deployment import Deployment
     from surge.serving.endpoint import Endpoint
+    from surge.serving.mode_driver import ModeDriver
 
 # Server-Timing names for the leg each stamp ends, in relay order.
 TIMING_LEGS = (
@@ -83,6 +84,23 @@ def _too_large(size: int, limit: int) -> SurgeError:
     return SurgeError(
         "body_too_large", f"request body of {size}+ bytes exceeds the {limit}-byte limit", 413
     )
+
+
+DEFAULT_PRIORITY = 1  # best-effort traffic sends X-Priority: 0 and is shed first
+
+
+def admit_by_mode(request: Request, modes: ModeDriver) -> None:
+    """In a mode that sheds low priorities, refuse such a request before any work."""
+    if modes.shed_below is None:
+        return
+    raw = header(request, b"x-priority")
+    priority = DEFAULT_PRIORITY
+    if raw is not None:
+        try:
+            priority = int(raw)
+        except ValueError:
+            raise bad_input(f"X-Priority must be a whole number, got {raw!r}") from None
+    modes.admit(priority)
 
 
 def new_context(request: Request, endpoint: str, default_timeout_s: float) -> RequestContext:

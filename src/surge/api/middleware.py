@@ -15,6 +15,7 @@ WANTED = frozenset(
         b"inference-header-content-length",
         b"content-encoding",
         b"content-length",
+        b"x-priority",
     }
 )
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api.http import new_context, read_body, response_headers, user_key
+from surge.api.http import admit_by_mode, new_context, read_body, response_headers, user_key
 from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
@@ -87,7 +87,10 @@ async def embeddings(request: Request) -> Response:
         raise SurgeError(
             "model_not_found", f"model {parsed.model!r} is not an embeddings model", 404
         )
-    ctx = new_context(request, target.name, deployment.spec.timeout_s)
+    modes = state.modes
+    assert modes is not None  # the lifespan starts it before any request
+    admit_by_mode(request, modes)
+    ctx = new_context(request, target.name, modes.timeout_s(deployment.spec.timeout_s))
     max_items = deployment.spec.batching.max_batch_size
     if len(parsed.texts) > max_items:
         raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")

@@ -15,7 +15,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.observe.metrics import Metrics
 from surge.observe.rollout_metrics import RolloutCollector
-from surge.observe.route_metrics import RouteCollector
+from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
 from surge.runtimes.base import Tensors
 from surge.security.admin_keys import AdminAuth
@@ -23,6 +23,7 @@ from surge.serving.cores import plan_cores
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory
+from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
 from surge.store.registry import RegistryStore, open_store
@@ -39,6 +40,7 @@ class ServerState:
     store: RegistryStore | None = None
     rollouts: Rollouts | None = None
     routes: dict[str, Route] = field(default_factory=dict)
+    modes: ModeDriver | None = None
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -109,7 +111,10 @@ class ServerState:
                 await self._restore(name, doc, stable)
         self.routes = build_routes(config.routes, self.endpoints, self._queue_for_review)
         self.metrics.registry.register(RouteCollector(self.routes))
+        self.modes = ModeDriver(config.modes, self.endpoints, self.routes, self.metrics, self.store)
+        self.metrics.registry.register(ModeCollector(self.modes))
         rollouts.start()
+        self.modes.start()
 
     async def _queue_for_review(
         self,
@@ -164,6 +169,8 @@ class ServerState:
         await asyncio.gather(*(d.drain(grace) for d in self._all_deployments()))
         if self.rollouts is not None:
             await self.rollouts.stop()
+        if self.modes is not None:
+            await self.modes.stop()
         for endpoint in self.endpoints.values():
             await endpoint.close()
         for deployment in self._all_deployments():

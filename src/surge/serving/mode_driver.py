@@ -1,0 +1,211 @@
+"""Burst modes, driven: every interval the live signals (queue fill, p99 against its
+target, share refused) go to the sans-IO `ModeController`, and the current mode's
+switches are applied to the endpoints, routes and adapters. Changes are logged with
+their reason and audited; an operator may force a mode and release it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from surge.config import ModesConfig
+from surge.core.clock import monotonic
+from surge.core.errors import SurgeError
+from surge.observe.metrics import LATENCY_BUCKETS_S, Metrics
+from surge.routing.modes import LoadSignals, ModeChange, ModeController, ModePolicy, default_policy
+from surge.serving.endpoint import Endpoint
+from surge.serving.routes import CascadeRoute, Route
+from surge.store.registry import RegistryStore
+
+log = logging.getLogger("surge.modes")
+
+REFUSED = (429, 503, 504)
+
+
+def policy_from(config: ModesConfig) -> ModePolicy:
+    base = default_policy()
+    return ModePolicy(base.levels, hold_s=config.hold_s, min_dwell_s=config.min_dwell_s)
+
+
+class ModeDriver:
+    def __init__(
+        self,
+        config: ModesConfig,
+        endpoints: dict[str, Endpoint],
+        routes: dict[str, Route],
+        metrics: Metrics,
+        store: RegistryStore,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.routes = routes
+        self.metrics = metrics
+        self.store = store
+        self.clock = clock
+        self.controller = ModeController(policy_from(config), clock())
+        self.signals = LoadSignals(0.0, 0.0, 0.0)
+        # Read on the request path: plain attributes, refreshed when the mode changes.
+        self.shed_below: int | None = None
+        self.timeout_cap_s: float | None = None
+        self._last_counts: tuple[list[int], int, int] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.changes_total = 0
+
+    @property
+    def mode(self) -> str:
+        return self.controller.mode
+
+    # -- the request path ----------------------------------------------------------------
+
+    def admit(self, priority: int) -> None:
+        """Refuse at once (503) a request the current mode sheds."""
+        if self.shed_below is not None and priority < self.shed_below:
+            raise SurgeError(
+                "shed",
+                f"the server is in {self.mode} mode and sheds priority below "
+                f"{self.shed_below}; retry later or send a higher X-Priority",
+                503,
+                self.config.hold_s,
+            )
+
+    def timeout_s(self, endpoint_default_s: float) -> float:
+        cap = self.timeout_cap_s
+        return endpoint_default_s if cap is None else min(cap, endpoint_default_s)
+
+    # -- the timer -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.config.enabled:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.evaluate_interval_s)
+            try:
+                await self.tick()
+            except Exception:  # the loop must outlive one bad sample; it is logged
+                log.exception("mode evaluation failed")
+
+    async def tick(self) -> ModeChange | None:
+        self.signals = self.sample()
+        change = self.controller.observe(self.clock(), self.signals)
+        if change is not None:
+            await self._apply(change)
+        return change
+
+    def sample(self) -> LoadSignals:
+        """The signals over the interval since the last sample."""
+        fill = 0.0
+        for endpoint in self.endpoints.values():
+            for d in endpoint.deployments:
+                fill = max(fill, len(d.batcher) / d.spec.max_queue)
+        buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        answered = refused = 0
+        for m in self.metrics.endpoints.values():
+            for i, count in enumerate(m.total.counts):
+                buckets[i] += count
+            for status, count in m.responses.items():
+                answered += count
+                if status in REFUSED:
+                    refused += count
+        last = self._last_counts or (buckets, answered, refused)
+        self._last_counts = (buckets, answered, refused)
+        delta = [a - b for a, b in zip(buckets, last[0], strict=True)]
+        offered = answered - last[1]
+        p99 = _quantile_from_buckets(delta, 0.99)
+        return LoadSignals(
+            queue_fill=min(1.0, fill),
+            p99_ratio=p99 / (self.config.target_p99_ms / 1000.0),
+            rejection_rate=(refused - last[2]) / offered if offered else 0.0,
+        )
+
+    # -- operator --------------------------------------------------------------------------
+
+    async def force(self, mode: str, reason: str, actor: str) -> dict[str, Any]:
+        try:
+            change = self.controller.force(mode, self.clock(), f"{actor}: {reason}")
+        except ValueError as exc:
+            raise SurgeError("invalid_input", str(exc), 400) from None
+        await self._apply(change, actor)
+        return self.describe()
+
+    async def release(self, reason: str, actor: str) -> dict[str, Any]:
+        change = self.controller.release(self.clock(), f"{actor}: {reason}")
+        if change is not None:
+            await self._apply(change, actor)
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        s = self.controller.switches
+        return {
+            "mode": self.mode,
+            "forced": self.controller.forced,
+            "automatic": self.config.enabled,
+            "switches": {
+                "shadow": s.shadow,
+                "allowed_tiers": s.allowed_tiers,
+                "default_timeout_ms": s.default_timeout_ms,
+                "shed_priorities_below": s.shed_priorities_below,
+            },
+            "signals": {
+                "queue_fill": round(self.signals.queue_fill, 4),
+                "p99_ratio": round(self.signals.p99_ratio, 4),
+                "rejection_rate": round(self.signals.rejection_rate, 4),
+            },
+            "history": [
+                {
+                    "at": c.at,
+                    "from": c.from_mode,
+                    "to": c.to_mode,
+                    "reason": c.reason,
+                    "forced": c.forced,
+                }
+                for c in self.controller.history[-20:]
+            ],
+        }
+
+    async def _apply(self, change: ModeChange, actor: str = "modes") -> None:
+        self.changes_total += 1
+        switches = self.controller.switches
+        for endpoint in self.endpoints.values():
+            endpoint.shadow_enabled = switches.shadow
+        for route in self.routes.values():
+            if isinstance(route, CascadeRoute):
+                route.allowed_tiers = switches.allowed_tiers
+        self.shed_below = switches.shed_priorities_below
+        cap = switches.default_timeout_ms
+        self.timeout_cap_s = None if cap is None else cap / 1000.0
+        level = logging.INFO if change.to_mode == change.from_mode else logging.WARNING
+        log.log(level, "mode %s -> %s: %s", change.from_mode, change.to_mode, change.reason)
+        await asyncio.to_thread(
+            self.store.apply_change,
+            "*mode*",
+            {"mode": change.to_mode, "forced": change.forced},
+            actor=actor,
+            action="mode",
+            reason=f"{change.from_mode} -> {change.to_mode}: {change.reason}",
+            now=time.time(),
+        )
+
+
+def _quantile_from_buckets(counts: list[int], q: float) -> float:
+    """The upper bound of the bucket holding the q-quantile (0 with no observations)."""
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank, running = q * total, 0
+    for bound, count in zip((*LATENCY_BUCKETS_S, math.inf), counts, strict=True):
+        running += count
+        if running >= rank:
+            return bound if math.isfinite(bound) else LATENCY_BUCKETS_S[-1] * 2
+    return LATENCY_BUCKETS_S[-1] * 2
