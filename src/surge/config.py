@@ -144,20 +144,30 @@ class FallbackConfig(Strict):
     open_s: float = Field(5.0, gt=0, description="how long an open breaker refuses before a probe")
 
 
+class BanditConfig(Strict):
+    arms: list[str] = Field(min_length=2, description="targets the bandit learns between")
+    strategy: Literal["thompson", "epsilon_greedy"] = "thompson"
+    epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share explored")
+    segment_header: str | None = Field(
+        None, description="learn separately per value of this header (e.g. x-tenant)"
+    )
+    sync_s: float = Field(5.0, gt=0, description="how often counts are shared via the registry")
+
+
 class RouteConfig(Strict):
     """A public name whose requests a policy sends to endpoints (or other routes)."""
 
     cascade: CascadeConfig | None = None
     ladder: LadderConfig | None = None
     fallback: FallbackConfig | None = None
+    bandit: BanditConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one_policy(self) -> RouteConfig:
-        chosen = [k for k in ("cascade", "ladder", "fallback") if getattr(self, k) is not None]
+        kinds = ("cascade", "ladder", "fallback", "bandit")
+        chosen = [k for k in kinds if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError(
-                f"a route names exactly one policy (cascade, ladder, fallback), got {chosen}"
-            )
+            raise ValueError(f"a route names exactly one policy ({', '.join(kinds)}), got {chosen}")
         return self
 
     def targets(self) -> list[str]:
@@ -165,6 +175,8 @@ class RouteConfig(Strict):
             return [t.target for t in self.cascade.tiers]
         if self.ladder is not None:
             return list(self.ladder.rungs)
+        if self.bandit is not None:
+            return list(self.bandit.arms)
         assert self.fallback is not None
         return list(self.fallback.targets)
 

@@ -148,3 +148,55 @@ def test_fallback_answers_from_the_next_target_and_the_breaker_cuts_the_failing_
         assert 'surge_route_decisions_total{action="served",route="safe",target="steady"} 20.0' in (
             metrics
         )
+
+
+ALWAYS_ZERO = """
+import numpy as np
+
+class Model:
+    def predict(self, batch):
+        n = len(batch["input"])
+        p = np.full((n, 10), 0.01, dtype=np.float32)
+        p[:, 0] = 0.91
+        return {"probabilities": p, "label": np.zeros(n, dtype=np.int64)}
+"""
+
+
+def test_bandit_learns_from_feedback_and_shares_what_it_learned(repo, tmp_path):
+    root = tmp_path / "repo"
+    for ref in ("digits/1",):
+        (root / ref).parent.mkdir(parents=True, exist_ok=True)
+        (root / ref).symlink_to(repo / ref, target_is_directory=True)
+    python_version(root, "zero", ALWAYS_ZERO)
+    config = {
+        "model_repository": str(root),
+        "endpoints": {"good": endpoint("digits"), "lazy": endpoint("zero")},
+        "routes": {"learner": {"bandit": {"arms": ["good", "lazy"], "sync_s": 0.2}}},
+    }
+    images, truth = load_digits(return_X_y=True)
+    images = images.astype(np.float32)
+    with run_server(config, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        arms = []
+        for i in range(300):
+            answer = client.post("/v2/models/learner/infer", json=v2_body(images[i : i + 1]))
+            assert answer.status_code == 200
+            label = next(o for o in answer.json()["outputs"] if o["name"] == "label")["data"][0]
+            arms.append(answer.headers["x-surge-route"])
+            reward = 1.0 if label == truth[i] else 0.0
+            fed = client.post(
+                "/v1/feedback",
+                json={"request_id": answer.headers["x-request-id"], "reward": reward},
+            )
+            assert fed.status_code == 200, fed.text
+        assert sum(a == "digits@1" for a in arms[-100:]) >= 85, arms[-100:]
+        unknown = client.post("/v1/feedback", json={"request_id": "nope", "reward": 1})
+        assert unknown.status_code == 404
+        bad = client.post("/v1/feedback", json={"request_id": "x", "reward": "great"})
+        assert bad.status_code == 400
+        learned = client.get("/admin/routes", headers=ADMIN).json()["routes"]["learner"]
+        pulls = learned["bandit"][""]["good"]["pulls"]
+        assert pulls > 200
+    # A second server on the same registry starts from the counts the first one shared.
+    with run_server(config, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        again = client.get("/admin/routes", headers=ADMIN).json()["routes"]["learner"]
+        assert again["bandit"][""]["good"]["pulls"] == pulls

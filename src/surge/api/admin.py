@@ -20,8 +20,10 @@ from surge.api.http import read_body
 from surge.api.state import ServerState
 from surge.config import AB_KEY_PATTERN
 from surge.core.errors import bad_input
+from surge.serving.bandit_route import BanditRoute
 from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
+from surge.serving.routes import FallbackRoute
 
 MAX_ADMIN_BODY_BYTES = 64 << 10
 AB_KEY = re.compile(AB_KEY_PATTERN)
@@ -211,6 +213,26 @@ async def mode(request: Request) -> Response:
     return _json(await modes.force(_string(doc, "mode"), reason, actor))
 
 
+async def routes(request: Request) -> Response:
+    """Every route: its policy, what it decided so far, and its breakers or bandit."""
+    state, _ = _authorized(request)
+    body = {}
+    for name, route in state.routes.items():
+        view: dict[str, Any] = {
+            "policy": type(route).__name__,
+            "decisions": [
+                {"target": target, "action": action, "requests": count}
+                for (target, action), count in sorted(route.counts.items())
+            ],
+        }
+        if isinstance(route, FallbackRoute):
+            view["breakers"] = {t: b.state for t, b in route.breakers.items()}
+        if isinstance(route, BanditRoute):
+            view["bandit"] = {s: route.bandit.stats(s) for s in route.bandit.segments}
+        body[name] = view
+    return _json({"routes": body})
+
+
 def _limit(query: Any) -> int:
     raw = query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
@@ -228,5 +250,6 @@ ROUTES = [
     Route("/admin/versions", versions),
     Route("/admin/review", review_queue),
     Route("/admin/mode", mode, methods=["GET", "POST", "DELETE"]),
+    Route("/admin/routes", routes),
     Route("/admin/review/{item}", label_review, methods=["POST"]),
 ]

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api import admin, openai, v2
+from surge.api import admin, feedback, openai, v2
 from surge.api.errors import http_error_handler, surge_error_handler, unexpected_error_handler
 from surge.api.middleware import RequestIdMiddleware
 from surge.api.state import ServerState
@@ -50,6 +50,7 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
             *openai.INFER_ROUTES,
             *v2.ROUTES,
             *openai.ROUTES,
+            *feedback.ROUTES,
             *admin.ROUTES,
             Route("/metrics", metrics),
         ],

@@ -12,6 +12,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError, bad_input
 
 if TYPE_CHECKING:
+    from surge.serving.bandit_route import BanditRoute
     from surge.serving.deployment import Deployment
     from surge.serving.endpoint import Endpoint
     from surge.serving.mode_driver import ModeDriver
@@ -33,6 +34,12 @@ def user_key(request: Request, endpoint: Endpoint, parameters: dict[str, Any]) -
     source, _, name = endpoint.ab_key.partition(":")
     value = request.headers.get(name) if source == "header" else parameters.get(name)
     return None if value is None else str(value)
+
+
+def bandit_segment(request: Request, route: BanditRoute) -> str:
+    """The segment a bandit learns separately for: a header's value, or one segment."""
+    source = route.config.segment_header
+    return (request.headers.get(source) or "") if source else ""
 
 
 def header(request: Request, name: bytes) -> str | None:

@@ -16,10 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api.http import admit_by_mode, new_context, read_body, response_headers, user_key
+from surge.api.http import (
+    admit_by_mode,
+    bandit_segment,
+    new_context,
+    read_body,
+    response_headers,
+    user_key,
+)
 from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
+from surge.serving.bandit_route import BanditRoute
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 
@@ -106,6 +114,9 @@ async def embeddings(request: Request) -> Response:
         if target.mode == "ab":
             key = user_key(request, target, {"user": parsed.user} if parsed.user else {})
         served = await target.infer(ctx, tensors, len(parsed.texts), user_key=key)
+    elif isinstance(target, BanditRoute):
+        segment = bandit_segment(request, target)
+        served = await target.infer(ctx, tensors, len(parsed.texts), segment)
     else:
         served = await target.infer(ctx, tensors, len(parsed.texts))
     deployment = served.deployment

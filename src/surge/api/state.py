@@ -19,6 +19,7 @@ from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
 from surge.runtimes.base import Tensors
 from surge.security.admin_keys import AdminAuth
+from surge.serving.bandit_route import BanditRoute
 from surge.serving.cores import plan_cores
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
@@ -55,6 +56,10 @@ class ServerState:
             known = ", ".join(sorted([*self.endpoints, *self.routes])) or "none"
             raise SurgeError("model_not_found", f"unknown model {name!r}; serving: {known}", 404)
         return found
+
+    @property
+    def bandits(self) -> list[BanditRoute]:
+        return [r for r in self.routes.values() if isinstance(r, BanditRoute)]
 
     def target(self, name: str) -> Endpoint | Route:
         """What a public name serves: an endpoint, or a route over endpoints."""
@@ -109,7 +114,12 @@ class ServerState:
                 await rollouts.persist_configured(name, docs.get(name))
             else:
                 await self._restore(name, doc, stable)
-        self.routes = build_routes(config.routes, self.endpoints, self._queue_for_review)
+        self.routes = build_routes(
+            config.routes, self.endpoints, self._queue_for_review, self.store
+        )
+        for route in self.bandits:
+            await route.sync()  # start from what every process has learned so far
+            route.start()
         self.metrics.registry.register(RouteCollector(self.routes))
         self.modes = ModeDriver(config.modes, self.endpoints, self.routes, self.metrics, self.store)
         self.metrics.registry.register(ModeCollector(self.modes))
@@ -171,6 +181,8 @@ class ServerState:
             await self.rollouts.stop()
         if self.modes is not None:
             await self.modes.stop()
+        for route in self.bandits:
+            await route.stop()
         for endpoint in self.endpoints.values():
             await endpoint.close()
         for deployment in self._all_deployments():

@@ -26,8 +26,10 @@ from surge.routing.cascade import CascadePolicy, CascadeTier, TierOutcome, judge
 from surge.routing.deadline_ladder import Rung, choose_rung
 from surge.runtimes.base import Tensors
 from surge.serving.admission import completion_estimate_s
+from surge.serving.bandit_route import BanditRoute
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint, Served
+from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.routes")
 
@@ -249,11 +251,14 @@ class FallbackRoute:
         )
 
 
-Route = CascadeRoute | LadderRoute | FallbackRoute
+Route = CascadeRoute | LadderRoute | FallbackRoute | BanditRoute
 
 
 def build_routes(
-    configs: dict[str, Any], endpoints: dict[str, Endpoint], review: ReviewSink
+    configs: dict[str, Any],
+    endpoints: dict[str, Endpoint],
+    review: ReviewSink,
+    store: RegistryStore,
 ) -> dict[str, Route]:
     """Every configured route, built after the routes it targets (the config has
     already refused unknown targets and cycles)."""
@@ -269,6 +274,8 @@ def build_routes(
                 routes[name] = CascadeRoute(name, config.cascade, targets, review)
             elif config.ladder is not None:
                 routes[name] = LadderRoute(name, config.ladder, targets)
+            elif config.bandit is not None:
+                routes[name] = BanditRoute(name, config.bandit, targets, store)
             else:
                 routes[name] = FallbackRoute(name, config.fallback, targets)
             del pending[name]

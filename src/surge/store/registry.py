@@ -101,6 +101,8 @@ class RegistryStore(Protocol):
         callers (other threads or processes) are serialised, so no update is lost."""
         ...
 
+    def update_state(self, key: str, change: RouteUpdate, *, now: float) -> dict[str, Any]: ...
+
     def update_route(
         self,
         endpoint: str,

@@ -140,28 +140,38 @@ class SqlRegistryStore(ReviewQueue, RegistryStore):
         now: float,
     ) -> AuditEntry:
         def work(conn: Any) -> AuditEntry:
-            # Inserting first gives a new endpoint a row to lock, so two first changes
-            # of the same endpoint also queue behind each other.
-            conn.execute(
-                self._sql(
-                    "INSERT INTO {r} (endpoint, doc, updated_at) VALUES (?, NULL, ?) "
-                    "ON CONFLICT (endpoint) DO NOTHING"
-                ),
-                (endpoint, now),
-            )
-            row = conn.execute(
-                self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_route),
-                (endpoint,),
-            ).fetchone()
-            before = decode_json(row[0])
-            after = change(before)
-            conn.execute(
-                self._sql("UPDATE {r} SET doc = {j}, updated_at = ? WHERE endpoint = ?"),
-                (encode_json(after), now, endpoint),
-            )
+            before, after = self._locked_update(conn, endpoint, change, now)
             return self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
 
         return self._write(work)
+
+    def update_state(self, key: str, change: RouteUpdate, *, now: float) -> dict[str, Any]:
+        """Read-modify-write of a document under `key` with no audit entry: for state the
+        processes share and merge often (a bandit's counts), not for operator changes."""
+        return self._write(lambda conn: self._locked_update(conn, key, change, now)[1])
+
+    def _locked_update(
+        self, conn: Any, key: str, change: RouteUpdate, now: float
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        # Inserting first gives a new key a row to lock, so two first changes of the
+        # same key also queue behind each other.
+        conn.execute(
+            self._sql(
+                "INSERT INTO {r} (endpoint, doc, updated_at) VALUES (?, NULL, ?) "
+                "ON CONFLICT (endpoint) DO NOTHING"
+            ),
+            (key, now),
+        )
+        row = conn.execute(
+            self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_route), (key,)
+        ).fetchone()
+        before = decode_json(row[0])
+        after = change(before)
+        conn.execute(
+            self._sql("UPDATE {r} SET doc = {j}, updated_at = ? WHERE endpoint = ?"),
+            (encode_json(after), now, key),
+        )
+        return before, after
 
     def audit(
         self, endpoint: str | None = None, limit: int = 100, action: str | None = None

@@ -1,0 +1,170 @@
+"""A bandit route: per segment, learn which target earns the most reward.
+
+Each request is sent to the arm the bandit picks for its segment (e.g. the tenant
+header); the client later reports how good the answer was with `POST /v1/feedback`
+(request id + reward in [0, 1]). The counts are sufficient statistics, so processes
+share them by adding what each learned: every `sync_s` a process adds its counts since
+the last sync to the registry's copy, in one locked read-modify-write, and adopts the
+sum, so every worker (and a restart) learns from all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from surge.config import BanditConfig
+from surge.core.clock import monotonic
+from surge.core.context import RequestContext
+from surge.core.errors import SurgeError
+from surge.routing.bandit import Bandit, bandit_from_dict, make_bandit
+from surge.runtimes.base import Tensors
+from surge.serving.deployment import Deployment
+from surge.serving.endpoint import Endpoint, Served
+from surge.store.registry import RegistryStore
+
+log = logging.getLogger("surge.bandit")
+
+PENDING_FEEDBACK = 100_000  # request ids remembered for feedback (oldest forgotten first)
+
+
+def add_counts(base: dict[str, Any] | None, delta: dict[str, Any]) -> dict[str, Any]:
+    """`base` + `delta`, both in `Bandit.to_dict()` form (counts add up across processes)."""
+    if base is None:
+        return delta
+    merged = {**base, "segments": {s: {a: dict(c) for a, c in arms.items()}
+                                   for s, arms in base["segments"].items()}}  # fmt: skip
+    for segment, arms in delta["segments"].items():
+        target = merged["segments"].setdefault(segment, {})
+        for arm, counts in arms.items():
+            now = target.setdefault(arm, {"chosen": 0, "pulls": 0, "reward_sum": 0.0})
+            for key in ("chosen", "pulls", "reward_sum"):
+                now[key] += counts[key]
+    return merged
+
+
+def subtract_counts(current: dict[str, Any], synced: dict[str, Any] | None) -> dict[str, Any]:
+    """What this process learned since `synced`."""
+    if synced is None:
+        return current
+    delta = {**current, "segments": {}}
+    for segment, arms in current["segments"].items():
+        before = synced["segments"].get(segment, {})
+        delta["segments"][segment] = {
+            arm: {
+                key: counts[key] - before.get(arm, {}).get(key, 0)
+                for key in ("chosen", "pulls", "reward_sum")
+            }
+            for arm, counts in arms.items()
+        }
+    return delta
+
+
+class BanditRoute:
+    def __init__(
+        self,
+        name: str,
+        config: BanditConfig,
+        targets: list[Any],
+        store: RegistryStore,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.targets = {t.name: t for t in targets}
+        self.store = store
+        self.clock = clock
+        self._rng = rng or random.Random()
+        options = {"epsilon": config.epsilon} if config.strategy == "epsilon_greedy" else {}
+        self.bandit: Bandit = make_bandit(config.strategy, list(self.targets), self._rng, **options)
+        self._synced: dict[str, Any] | None = None
+        self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.counts: Counter[tuple[str, str]] = Counter()  # (target, "chosen" | "rewarded")
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"*bandit*:{self.name}"
+
+    @property
+    def interface(self) -> Deployment:
+        first = next(iter(self.targets.values()))
+        return first.stable if isinstance(first, Endpoint) else first.interface
+
+    @property
+    def accepting(self) -> bool:
+        return all(t.accepting for t in self.targets.values())
+
+    async def infer(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, segment: str = ""
+    ) -> Served:
+        arm = self.bandit.choose(segment)
+        self.counts[arm, "chosen"] += 1
+        ctx.decide("bandit", arm, f"{self.config.strategy} chose {arm} for segment {segment!r}",
+                   segment=segment)  # fmt: skip
+        self._pending[ctx.request_id] = (segment, arm)
+        if len(self._pending) > PENDING_FEEDBACK:
+            self._pending.popitem(last=False)
+        return await self.targets[arm].infer(ctx, tensors, rows)
+
+    def feedback(self, request_id: str, reward: float) -> dict[str, Any]:
+        found = self._pending.pop(request_id, None)
+        if found is None:
+            raise SurgeError(
+                "unknown_request",
+                f"no request {request_id!r} of route {self.name!r} awaits feedback "
+                "(unknown, already rewarded, or too old)",
+                404,
+            )
+        segment, arm = found
+        try:
+            self.bandit.reward(arm, reward, segment)
+        except ValueError as exc:
+            self._pending[request_id] = found  # a bad reward does not use the request up
+            raise SurgeError("invalid_input", str(exc), 400) from None
+        self.counts[arm, "rewarded"] += 1
+        return {"route": self.name, "arm": arm, "segment": segment, "reward": reward}
+
+    # -- sharing the counts -----------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Add what this process learned to the shared counts and adopt the sum."""
+        current = self.bandit.to_dict()
+        delta = subtract_counts(current, self._synced)
+        merged = await asyncio.to_thread(
+            self.store.update_state,
+            self.key,
+            lambda shared: add_counts(shared, delta),
+            now=time.time(),
+        )
+        if merged.get("kind") != self.bandit.kind or merged.get("arms") != list(self.bandit.arms):
+            return  # the config changed arms or strategy: keep learning afresh
+        # Adopt the sum; counts added since `current` was taken are kept as a new delta.
+        since = subtract_counts(self.bandit.to_dict(), current)
+        self.bandit = bandit_from_dict(add_counts(merged, since), self._rng)
+        self._synced = merged
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # the loop must outlive a store hiccup; it is logged
+                log.exception("bandit %s: sync failed", self.name)
+            await asyncio.sleep(self.config.sync_s)
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        try:
+            await self.sync()  # keep what was learned since the last sync
+        except Exception:
+            log.exception("bandit %s: final sync failed", self.name)
