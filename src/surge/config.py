@@ -11,10 +11,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
 
@@ -154,6 +154,25 @@ class BanditConfig(Strict):
     sync_s: float = Field(5.0, gt=0, description="how often counts are shared via the registry")
 
 
+class RulesConfig(Strict):
+    rules: list[dict[str, Any]] = Field(
+        description="in order: {name, when: [{field, op, value}], target}; fields: "
+        "header:<name>, tenant, priority, input_rows, input_bytes, param:<name>"
+    )
+    default: str = Field(description="the target when no rule matches")
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_parse(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from surge.routing.rules import parse_rules  # a pure module: no cycle, no I/O
+
+        parse_rules(rules)
+        return rules
+
+    def targets(self) -> list[str]:
+        return [*(str(rule.get("target")) for rule in self.rules), self.default]
+
+
 class RouteConfig(Strict):
     """A public name whose requests a policy sends to endpoints (or other routes)."""
 
@@ -161,10 +180,11 @@ class RouteConfig(Strict):
     ladder: LadderConfig | None = None
     fallback: FallbackConfig | None = None
     bandit: BanditConfig | None = None
+    rules: RulesConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one_policy(self) -> RouteConfig:
-        kinds = ("cascade", "ladder", "fallback", "bandit")
+        kinds = ("cascade", "ladder", "fallback", "bandit", "rules")
         chosen = [k for k in kinds if getattr(self, k) is not None]
         if len(chosen) != 1:
             raise ValueError(f"a route names exactly one policy ({', '.join(kinds)}), got {chosen}")
@@ -177,6 +197,8 @@ class RouteConfig(Strict):
             return list(self.ladder.rungs)
         if self.bandit is not None:
             return list(self.bandit.arms)
+        if self.rules is not None:
+            return self.rules.targets()
         assert self.fallback is not None
         return list(self.fallback.targets)
 

@@ -9,9 +9,11 @@ import httpx
 import numpy as np
 import pytest
 from conftest import ADMIN, run_server
+from pydantic import ValidationError
 from rollout_helpers import BROKEN_ON_REAL_INPUT, rollout_repository
 from sklearn.datasets import load_digits
 
+from surge.config import Config
 from surge.repository import write_manifest
 
 SLOW_DIGITS = """
@@ -200,3 +202,39 @@ def test_bandit_learns_from_feedback_and_shares_what_it_learned(repo, tmp_path):
     with run_server(config, tmp_path) as server, httpx.Client(base_url=server.url) as client:
         again = client.get("/admin/routes", headers=ADMIN).json()["routes"]["learner"]
         assert again["bandit"][""]["good"]["pulls"] == pulls
+
+
+def test_rules_send_requests_where_their_size_and_headers_say(repo, tmp_path):
+    rules = [
+        {"name": "big-batches", "when": [{"field": "input_rows", "op": "gt", "value": 4}],
+         "target": "big"},
+        {"name": "gold", "when": [{"field": "header:x-tier", "op": "eq", "value": "gold"}],
+         "target": "big"},
+    ]  # fmt: skip
+    config = {
+        "model_repository": str(repo),
+        "endpoints": {"small": endpoint("digits", "1"), "big": endpoint("digits", "2")},
+        "routes": {"sorted": {"rules": {"rules": rules, "default": "small"}}},
+    }
+    images = load_digits().data.astype(np.float32)
+    with run_server(config, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+
+        def route(rows: int, headers: dict | None = None) -> str:
+            r = client.post("/v2/models/sorted/infer", json=v2_body(images[:rows]), headers=headers)
+            assert r.status_code == 200, r.text
+            return r.headers["x-surge-route"]
+
+        assert route(1) == "digits@1"
+        assert route(8) == "digits@2"
+        assert route(1, {"X-Tier": "gold"}) == "digits@2"
+        assert route(1, {"X-Tier": "silver"}) == "digits@1"
+        views = client.get("/admin/routes", headers=ADMIN).json()["routes"]["sorted"]
+        assert {(d["target"], d["action"]) for d in views["decisions"]} == {
+            ("small", "default"),
+            ("big", "big-batches"),
+            ("big", "gold"),
+        }
+    unknown_field = [{"name": "x", "target": "big", "when": [{"field": "colour", "op": "eq"}]}]
+    bad = {**config, "routes": {"sorted": {"rules": {"rules": unknown_field, "default": "small"}}}}
+    with pytest.raises(ValidationError, match="colour"):  # refused at start, not per request
+        Config.model_validate(bad)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge.api import admin, feedback, openai, v2
-from surge.api.errors import http_error_handler, surge_error_handler, unexpected_error_handler
+from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.middleware import RequestIdMiddleware
 from surge.api.state import ServerState
 from surge.config import Config, load_worker_config
@@ -58,7 +58,7 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
         exception_handlers={
             SurgeError: surge_error_handler,
             HTTPException: http_error_handler,
-            Exception: unexpected_error_handler,
+            # Other exceptions (bugs) are answered by RequestIdMiddleware.
         },
         lifespan=lifespan,
     )

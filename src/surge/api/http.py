@@ -10,9 +10,9 @@ from starlette.requests import Request
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError, bad_input
+from surge.routing.rules import RequestFacts
 
 if TYPE_CHECKING:
-    from surge.serving.bandit_route import BanditRoute
     from surge.serving.deployment import Deployment
     from surge.serving.endpoint import Endpoint
     from surge.serving.mode_driver import ModeDriver
@@ -36,10 +36,28 @@ def user_key(request: Request, endpoint: Endpoint, parameters: dict[str, Any]) -
     return None if value is None else str(value)
 
 
-def bandit_segment(request: Request, route: BanditRoute) -> str:
-    """The segment a bandit learns separately for: a header's value, or one segment."""
-    source = route.config.segment_header
-    return (request.headers.get(source) or "") if source else ""
+def request_facts(
+    request: Request, rows: int, body_bytes: int, params: dict[str, Any]
+) -> RequestFacts:
+    """What rules and bandit routes look at (gathered only for routes that need it)."""
+    headers = dict(request.headers.items())  # Starlette gives lower-case names
+    return RequestFacts(
+        headers=headers,
+        tenant=headers.get("x-tenant"),
+        priority=_priority(header(request, b"x-priority")),
+        input_rows=rows,
+        input_bytes=body_bytes,
+        params=params,
+    )
+
+
+def _priority(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PRIORITY
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_input(f"X-Priority must be a whole number, got {raw!r}") from None
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -98,16 +116,8 @@ DEFAULT_PRIORITY = 1  # best-effort traffic sends X-Priority: 0 and is shed firs
 
 def admit_by_mode(request: Request, modes: ModeDriver) -> None:
     """In a mode that sheds low priorities, refuse such a request before any work."""
-    if modes.shed_below is None:
-        return
-    raw = header(request, b"x-priority")
-    priority = DEFAULT_PRIORITY
-    if raw is not None:
-        try:
-            priority = int(raw)
-        except ValueError:
-            raise bad_input(f"X-Priority must be a whole number, got {raw!r}") from None
-    modes.admit(priority)
+    if modes.shed_below is not None:
+        modes.admit(_priority(header(request, b"x-priority")))
 
 
 def new_context(request: Request, endpoint: str, default_timeout_s: float) -> RequestContext:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from surge.api.errors import unexpected_error_response
 from surge.core.clock import monotonic
 from surge.core.ids import accept_request_id
 
@@ -40,10 +42,20 @@ class RequestIdMiddleware:
         scope["surge.request_id"] = request_id
         scope["surge.headers"] = wanted
         header = (b"x-request-id", request_id.encode("latin-1"))
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, not re-raised: past this point uvicorn would close the
+            # connection, and a keep-alive client would see a reset instead of the 500.
+            if started:
+                raise
+            await unexpected_error_response(Request(scope), exc)(scope, receive, send_with_id)

@@ -18,16 +18,15 @@ from starlette.routing import Route
 
 from surge.api.http import (
     admit_by_mode,
-    bandit_segment,
     new_context,
     read_body,
+    request_facts,
     response_headers,
     user_key,
 )
 from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
-from surge.serving.bandit_route import BanditRoute
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 
@@ -52,6 +51,7 @@ class EmbeddingsRequest:
     encoding: str
     dimensions: int | None
     user: str | None
+    body_bytes: int
 
 
 def _parse(body: bytes) -> EmbeddingsRequest:
@@ -82,7 +82,7 @@ def _parse(body: bytes) -> EmbeddingsRequest:
     user = payload.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_input(f"'user' must be a string, got {user!r}")
-    return EmbeddingsRequest(model, texts, encoding, dimensions, user)
+    return EmbeddingsRequest(model, texts, encoding, dimensions, user, len(body))
 
 
 async def embeddings(request: Request) -> Response:
@@ -114,11 +114,12 @@ async def embeddings(request: Request) -> Response:
         if target.mode == "ab":
             key = user_key(request, target, {"user": parsed.user} if parsed.user else {})
         served = await target.infer(ctx, tensors, len(parsed.texts), user_key=key)
-    elif isinstance(target, BanditRoute):
-        segment = bandit_segment(request, target)
-        served = await target.infer(ctx, tensors, len(parsed.texts), segment)
     else:
-        served = await target.infer(ctx, tensors, len(parsed.texts))
+        facts = None
+        if target.needs_facts:
+            params = {"user": parsed.user} if parsed.user else {}
+            facts = request_facts(request, len(parsed.texts), parsed.body_bytes, params)
+        served = await target.infer(ctx, tensors, len(parsed.texts), facts)
     deployment = served.deployment
     outputs = served.outputs
     vectors = outputs["embedding"]

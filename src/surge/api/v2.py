@@ -10,11 +10,11 @@ from starlette.routing import Route
 from surge import __version__
 from surge.api.http import (
     admit_by_mode,
-    bandit_segment,
     decompress,
     header,
     new_context,
     read_body,
+    request_facts,
     response_headers,
     user_key,
 )
@@ -22,7 +22,6 @@ from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
 from surge.core.errors import bad_input
-from surge.serving.bandit_route import BanditRoute
 from surge.serving.endpoint import Endpoint
 
 JSON = "application/json"
@@ -106,11 +105,11 @@ async def infer(request: Request) -> Response:
     if isinstance(target, Endpoint):
         key = user_key(request, target, parsed.parameters) if target.mode == "ab" else None
         served = await target.infer(ctx, parsed.tensors, parsed.rows, version=version, user_key=key)
-    elif isinstance(target, BanditRoute):
-        segment = bandit_segment(request, target)
-        served = await target.infer(ctx, parsed.tensors, parsed.rows, segment)
     else:
-        served = await target.infer(ctx, parsed.tensors, parsed.rows)
+        facts = None
+        if target.needs_facts:
+            facts = request_facts(request, parsed.rows, len(body), parsed.parameters)
+        served = await target.infer(ctx, parsed.tensors, parsed.rows, facts)
     deployment = served.deployment
     payload, json_length = encode_infer_response(
         model_name=target.name,

@@ -23,6 +23,7 @@ from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.routing.bandit import Bandit, bandit_from_dict, make_bandit
+from surge.routing.rules import RequestFacts
 from surge.runtimes.base import Tensors
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint, Served
@@ -66,6 +67,8 @@ def subtract_counts(current: dict[str, Any], synced: dict[str, Any] | None) -> d
 
 
 class BanditRoute:
+    needs_facts = True  # the segment comes from a header
+
     def __init__(
         self,
         name: str,
@@ -102,8 +105,10 @@ class BanditRoute:
         return all(t.accepting for t in self.targets.values())
 
     async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, segment: str = ""
+        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
     ) -> Served:
+        header = self.config.segment_header
+        segment = (facts.headers.get(header.lower()) or "") if facts and header else ""
         arm = self.bandit.choose(segment)
         self.counts[arm, "chosen"] += 1
         ctx.decide("bandit", arm, f"{self.config.strategy} chose {arm} for segment {segment!r}",

@@ -17,13 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from surge.config import CascadeConfig, FallbackConfig, LadderConfig
+from surge.config import CascadeConfig, FallbackConfig, LadderConfig, RulesConfig
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.routing.breaker import BreakerPolicy, CircuitBreaker
 from surge.routing.cascade import CascadePolicy, CascadeTier, TierOutcome, judge, merge
 from surge.routing.deadline_ladder import Rung, choose_rung
+from surge.routing.rules import RequestFacts, first_match, parse_rules
 from surge.runtimes.base import Tensors
 from surge.serving.admission import completion_estimate_s
 from surge.serving.bandit_route import BanditRoute
@@ -65,6 +66,8 @@ async def _call(
 class CascadeRoute:
     """Tiers cheapest first; rows below a tier's confidence threshold go to the next tier."""
 
+    needs_facts = False  # what the adapter must gather about the request for this route
+
     def __init__(
         self, name: str, config: CascadeConfig, targets: list[Target | Endpoint], review: ReviewSink
     ) -> None:
@@ -91,7 +94,9 @@ class CascadeRoute:
             return self.policy
         return CascadePolicy(self.policy.tiers[: self.allowed_tiers], review=self.policy.review)
 
-    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Served:
+    async def infer(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
+    ) -> Served:
         policy = self._policy_now()
         indices = np.arange(rows)  # which of the request's rows the current tier sees
         current = tensors
@@ -152,6 +157,8 @@ class CascadeRoute:
 class LadderRoute:
     """Time-boxed inference: the best rung whose live estimate fits the remaining budget."""
 
+    needs_facts = False
+
     def __init__(self, name: str, config: LadderConfig, targets: list[Target | Endpoint]) -> None:
         self.name = name
         self.targets = {t.name: t for t in targets}
@@ -173,7 +180,9 @@ class LadderRoute:
         d = _leaf(target)
         return completion_estimate_s(rows, d.queue_state(), d.latency, d.admission)
 
-    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Served:
+    async def infer(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
+    ) -> Served:
         now = monotonic()
         estimates = {name: self.estimate_s(t, rows) for name, t in self.targets.items()}
         choice = choose_rung(self.rungs, estimates, ctx.remaining_s(now), self.safety_margin)
@@ -192,6 +201,8 @@ class FallbackRoute:
     """Targets in order; an error or a timeout falls through to the next. A breaker per
     target stops sending to one that keeps failing until a probe succeeds."""
 
+    needs_facts = False
+
     def __init__(self, name: str, config: FallbackConfig, targets: list[Target | Endpoint]) -> None:
         self.name = name
         self.targets = targets
@@ -207,7 +218,9 @@ class FallbackRoute:
     def accepting(self) -> bool:
         return any(t.accepting for t in self.targets)
 
-    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Served:
+    async def infer(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
+    ) -> Served:
         last_error: SurgeError | None = None
         for i, target in enumerate(self.targets):
             breaker = self.breakers[target.name]
@@ -251,7 +264,40 @@ class FallbackRoute:
         )
 
 
-Route = CascadeRoute | LadderRoute | FallbackRoute | BanditRoute
+class RulesRoute:
+    """The first rule whose conditions all hold names the target; else the default."""
+
+    needs_facts = True
+
+    def __init__(self, name: str, config: RulesConfig, targets: list[Target | Endpoint]) -> None:
+        self.name = name
+        self.rules = parse_rules(config.rules)
+        self.default = config.default
+        self.targets = {t.name: t for t in targets}
+        self.counts: Counter[tuple[str, str]] = Counter()  # (target, rule name | "default")
+
+    @property
+    def interface(self) -> Deployment:
+        return _leaf(self.targets[self.default])
+
+    @property
+    def accepting(self) -> bool:
+        return all(t.accepting for t in self.targets.values())
+
+    async def infer(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
+    ) -> Served:
+        match = first_match(self.rules, facts or RequestFacts(input_rows=rows))
+        if match is None:
+            target, rule, reason = self.default, "default", "no rule matched: the default"
+        else:
+            target, rule, reason = match.target, match.rule, match.reason
+        self.counts[target, rule] += 1
+        ctx.decide("rules", target, reason, rule=rule)
+        return await self.targets[target].infer(ctx, tensors, rows)
+
+
+Route = CascadeRoute | LadderRoute | FallbackRoute | BanditRoute | RulesRoute
 
 
 def build_routes(
@@ -276,6 +322,8 @@ def build_routes(
                 routes[name] = LadderRoute(name, config.ladder, targets)
             elif config.bandit is not None:
                 routes[name] = BanditRoute(name, config.bandit, targets, store)
+            elif config.rules is not None:
+                routes[name] = RulesRoute(name, config.rules, targets)
             else:
                 routes[name] = FallbackRoute(name, config.fallback, targets)
             del pending[name]
