@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 from conftest import ADMIN, run_server
 from pydantic import ValidationError
 from rollout_helpers import BROKEN_ON_REAL_INPUT, rollout_repository
@@ -238,3 +239,46 @@ def test_rules_send_requests_where_their_size_and_headers_say(repo, tmp_path):
     bad = {**config, "routes": {"sorted": {"rules": {"rules": unknown_field, "default": "small"}}}}
     with pytest.raises(ValidationError, match="colour"):  # refused at start, not per request
         Config.model_validate(bad)
+
+
+def test_a_remote_surge_serves_as_an_upstream_and_local_takes_over_when_it_dies(repo, tmp_path):
+    remote_config = {"model_repository": str(repo), "endpoints": {"digits": endpoint("digits")}}
+    (tmp_path / "remote-run").mkdir()
+    (tmp_path / "front-run").mkdir()
+    with run_server(remote_config, tmp_path / "remote-run") as remote:
+        up = repo.parent / f"upstream-{remote.port}"
+        version = up / "far" / "1"
+        version.mkdir(parents=True)
+        (up / "digits").mkdir()
+        (up / "digits" / "1").symlink_to(repo / "digits" / "1", target_is_directory=True)
+        (version / "model.yaml").write_text(yaml.safe_dump({
+            "runtime": "upstream", **DIGITS_TENSORS,
+            "parameters": {"url": remote.url, "protocol": "v2", "model": "digits",
+                           "timeout_s": 1.0},
+        }))  # fmt: skip
+        front_config = {
+            "model_repository": str(up),
+            "endpoints": {"far": endpoint("far"), "near": endpoint("digits")},
+            "routes": {"mixed": {"fallback": {"targets": ["far", "near"],
+                                              "failure_threshold": 2, "open_s": 60}}},
+        }  # fmt: skip
+        images = load_digits().data.astype(np.float32)
+        with (
+            run_server(front_config, tmp_path / "front-run") as front,
+            httpx.Client(base_url=front.url) as client,
+        ):
+            first = client.post("/v2/models/mixed/infer", json=v2_body(images[:3]))
+            assert first.status_code == 200 and first.headers["x-surge-route"] == "far@1"
+            direct = client.post("/v2/models/far/infer", json=v2_body(images[:3]))
+            labels = next(o for o in direct.json()["outputs"] if o["name"] == "label")
+            assert labels["data"] == [0, 1, 2]
+            remote.terminate()  # the remote goes away
+            after = [
+                client.post("/v2/models/mixed/infer", json=v2_body(images[:1])) for _ in range(6)
+            ]
+            assert [a.status_code for a in after] == [200] * 6
+            assert {a.headers["x-surge-route"] for a in after} == {"digits@1; degraded"}
+            gone = client.post("/v2/models/far/infer", json=v2_body(images[:1]))
+            assert gone.status_code == 502 and "upstream" in gone.json()["error"]
+            metrics = client.get("/metrics").text
+            assert 'surge_breaker_open{route="mixed",target="far"} 1.0' in metrics

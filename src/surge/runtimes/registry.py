@@ -12,6 +12,7 @@ RUNTIMES: dict[str, str] = {
     "sklearn": "surge.runtimes.sklearn:SklearnRuntime",
     "onnx": "surge.runtimes.onnx:OnnxRuntime",
     "embeddings": "surge.runtimes.embeddings:EmbeddingsRuntime",
+    "upstream": "surge.runtimes.upstream:UpstreamRuntime",
 }
 
 
