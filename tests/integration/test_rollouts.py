@@ -201,6 +201,8 @@ def test_admin_api_needs_a_key_and_explains_bad_requests(repo, tmp_path):
             assert words in answer.json()["error"]["message"], answer.text
         no_rollout = admin(server.url, "POST", "/admin/endpoints/digits/promote")
         assert no_rollout.status_code == 409
+        typo = admin(server.url, "POST", "/admin/endpoints/digits/promot")
+        assert typo.status_code == 404
         unknown = admin(server.url, "GET", "/admin/endpoints/nope")
         assert unknown.status_code == 404
         # Still serving.

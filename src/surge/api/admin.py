@@ -19,7 +19,7 @@ from starlette.routing import Route
 from surge.api.http import read_body
 from surge.api.state import ServerState
 from surge.config import AB_KEY_PATTERN
-from surge.core.errors import bad_input
+from surge.core.errors import SurgeError, bad_input
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
@@ -121,22 +121,18 @@ async def deploy(request: Request) -> Response:
     return _json(result)
 
 
-async def promote(request: Request) -> Response:
+async def decide(request: Request) -> Response:
+    """POST .../promote or .../rollback, with an optional {"reason"}."""
     state, actor = _authorized(request)
     doc = await _body(request)
     reason = str(doc.get("reason") or "operator")
-    return _json(
-        await _rollouts(state).promote(request.path_params["endpoint"], actor=actor, reason=reason)
+    rollouts, name = _rollouts(state), request.path_params["endpoint"]
+    operation = {"promote": rollouts.promote, "rollback": rollouts.rollback}.get(
+        request.path_params["operation"]
     )
-
-
-async def rollback(request: Request) -> Response:
-    state, actor = _authorized(request)
-    doc = await _body(request)
-    reason = str(doc.get("reason") or "operator")
-    return _json(
-        await _rollouts(state).rollback(request.path_params["endpoint"], actor=actor, reason=reason)
-    )
+    if operation is None:
+        raise SurgeError("not_found", f"no route for POST {request.url.path}", 404)
+    return _json(await operation(name, actor=actor, reason=reason))
 
 
 async def history(request: Request) -> Response:
@@ -244,8 +240,7 @@ ROUTES = [
     Route("/admin/endpoints", endpoints),
     Route("/admin/endpoints/{endpoint}", status),
     Route("/admin/endpoints/{endpoint}/deploy", deploy, methods=["POST"]),
-    Route("/admin/endpoints/{endpoint}/promote", promote, methods=["POST"]),
-    Route("/admin/endpoints/{endpoint}/rollback", rollback, methods=["POST"]),
+    Route("/admin/endpoints/{endpoint}/{operation}", decide, methods=["POST"]),  # after deploy
     Route("/admin/history", history),
     Route("/admin/versions", versions),
     Route("/admin/review", review_queue),

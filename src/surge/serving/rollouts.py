@@ -246,25 +246,25 @@ class Rollouts:
             return self.status(name)
 
     async def promote(self, name: str, *, actor: str, reason: str = "operator") -> dict[str, Any]:
-        endpoint = self._endpoint(name)
-        async with self._lock(name):
-            if endpoint.candidate is None:
-                raise SurgeError("no_rollout", f"{name} has no candidate to promote", 409)
-            controller = self.controllers.get(name)
-            if controller is not None:
-                controller.promote(self.clock(), reason)
-            await self._finish_promotion(name, actor, f"promoted by {actor}: {reason}")
-        return self.status(name)
+        return await self._operator(name, "promote", actor, reason)
 
     async def rollback(self, name: str, *, actor: str, reason: str = "operator") -> dict[str, Any]:
+        return await self._operator(name, "rollback", actor, reason)
+
+    async def _operator(self, name: str, event: str, actor: str, reason: str) -> dict[str, Any]:
         endpoint = self._endpoint(name)
         async with self._lock(name):
             if endpoint.candidate is None:
-                raise SurgeError("no_rollout", f"{name} has no candidate to roll back", 409)
+                raise SurgeError("no_rollout", f"{name} has no candidate to {event}", 409)
             controller = self.controllers.get(name)
-            if controller is not None:
-                controller.rollback(self.clock(), reason)
-            await self._finish_rollback(name, actor, f"rolled back by {actor}: {reason}")
+            if event == "promote":
+                if controller is not None:
+                    controller.promote(self.clock(), reason)
+                await self._finish_promotion(name, actor, f"promoted by {actor}: {reason}")
+            else:
+                if controller is not None:
+                    controller.rollback(self.clock(), reason)
+                await self._finish_rollback(name, actor, f"rolled back by {actor}: {reason}")
         return self.status(name)
 
     def status(self, name: str) -> dict[str, Any]:
