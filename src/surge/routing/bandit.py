@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -33,7 +34,7 @@ class ArmCounts:
         return self.reward_sum / self.pulls if self.pulls else 0.0
 
 
-class Bandit:
+class Bandit(ABC):
     """What every strategy shares: arms, per-segment counts, validation, persistence.
     A strategy supplies `_pick` and, if it has settings, `_settings`."""
 
@@ -65,8 +66,9 @@ class Bandit:
         counts[arm].chosen += 1
         return arm
 
+    @abstractmethod
     def _pick(self, counts: dict[str, ArmCounts]) -> str:
-        raise NotImplementedError
+        """The strategy: which arm to try next, given the segment's counts."""
 
     def reward(self, arm: str, reward: float, segment: str = "") -> None:
         if arm not in self.arms:

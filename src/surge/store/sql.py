@@ -8,6 +8,7 @@ the placeholder, the column types, and how a JSON parameter is spelled.
 from __future__ import annotations
 
 import threading
+from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,12 +59,13 @@ class SqlRegistryStore(ReviewQueue, RegistryStore):
 
     # -- what a backend supplies ------------------------------------------------------------
 
+    @abstractmethod
     def _connect(self) -> Any:
-        raise NotImplementedError
+        """A new connection to the backend."""
 
+    @abstractmethod
     def _transaction(self, work: Callable[[Any], T]) -> T:
         """Run `work(connection)` in a transaction that excludes every other writer."""
-        raise NotImplementedError
 
     def _attempt(self, operation: Callable[[], T]) -> T:
         return operation()
