@@ -7,13 +7,14 @@ import time
 
 import httpx
 import uvicorn
-from conftest import free_port
+from conftest import free_port, run_server
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from surge.api.middleware import RequestIdMiddleware
+from surge.repository import write_manifest
 
 
 async def broken(request):
@@ -47,3 +48,33 @@ def test_a_bug_gets_a_500_and_the_keep_alive_connection_survives():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+WRONG_ROWS = """
+class Model:
+    def predict(self, batch):
+        x = batch["input"]
+        return {"output": x[:1] if len(x) == 2 else x}  # a bug warm-up does not meet
+"""
+
+
+def test_a_model_returning_the_wrong_rows_gets_a_prompt_500_not_a_timeout(tmp_path):
+    version = tmp_path / "repo" / "wrong" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text(WRONG_ROWS)
+    write_manifest(version, {
+        "runtime": "python", "artifact": "model.py", "parameters": {"class": "Model"},
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 2]}],
+    })  # fmt: skip
+    config = {"model_repository": str(tmp_path / "repo"),
+              "endpoints": {"wrong": {"warmup_batches": 0, "timeout_ms": 30000}}}  # fmt: skip
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}]
+    }
+    with run_server(config, tmp_path) as server:
+        started = time.monotonic()
+        answer = httpx.post(f"{server.url}/v2/models/wrong/infer", json=body, timeout=60)
+        assert answer.status_code == 500
+        assert "returned 1 rows for output 'output'; the batch has 2" in answer.json()["error"]
+        assert time.monotonic() - started < 10  # not the 30 s deadline

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from surge.core.errors import SurgeError
 from surge.runtimes.base import Runtime, Tensors
 
 
@@ -29,6 +30,31 @@ def concat(parts: list[Tensors]) -> Tensors:
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def checked(outputs: object, inputs: Tensors, ref: str) -> Tensors:
+    """The model's outputs, or a 500 that says what is wrong with them: a batch is split
+    back into answers by rows, so a model that returns anything else would otherwise
+    fail after compute, where no request could be answered."""
+    rows = len(next(iter(inputs.values()))) if inputs else 0
+    if not isinstance(outputs, dict) or not outputs:
+        raise SurgeError(
+            "model_error",
+            f"model {ref} returned {type(outputs).__name__}, not a dict of tensors",
+            500,
+        )
+    arrays = {}
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        if array.ndim == 0 or len(array) != rows:
+            got = "a scalar" if array.ndim == 0 else f"{len(array)} rows"
+            raise SurgeError(
+                "model_error",
+                f"model {ref} returned {got} for output {name!r}; the batch has {rows}",
+                500,
+            )
+        arrays[name] = array
+    return arrays
 
 
 def split(outputs: Tensors, rows: list[int]) -> list[Tensors]:
@@ -68,7 +94,8 @@ class Replica:
         inputs = concat(parts)
         start = time.monotonic()
         outputs = self.runtime.run(inputs)
-        return BatchResult(outputs, start, time.monotonic())
+        end = time.monotonic()
+        return BatchResult(checked(outputs, inputs, self.runtime.version.ref), start, end)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
