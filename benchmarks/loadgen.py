@@ -8,6 +8,11 @@ Two shapes of load:
   the scheduled time; `service` latency from the moment the request was
   handed to the client, which is what a server-side deadline sees.
 
+An open loop may change its rate in steps (`phases`: [{rate, duration_s}, ...],
+e.g. normal -> burst -> normal; `duration_s` is then their sum). With `samples:
+true` the result also lists every request as [scheduled offset s, outcome,
+latency s from the scheduled time, the response header `record_header` or null].
+
 Every run stops at `duration_s` or `max_requests`, whichever comes first, and
 targets only 127.0.0.1. It reads a JSON spec on stdin and prints a JSON result
 on stdout; `run_loadgen` does both from the orchestrator.
@@ -55,7 +60,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, record_header: str | None = None, keep_samples: bool = False) -> None:
+        self.started = time.perf_counter()  # the origin of the samples' offsets
+        self.record_header = record_header
+        self.samples: list[tuple[float, str, float, str | None]] | None = (
+            [] if keep_samples else None
+        )
         self.status: Counter[str] = Counter()
         self.latency: dict[str, list[float]] = {}  # by outcome, from the scheduled time
         self.service: dict[str, list[float]] = {}  # by outcome, from the actual send
@@ -63,7 +73,11 @@ class Recorder:
         self.server_ms: dict[str, list[float]] = {}  # 200s' Server-Timing stages, by stage
         self.error_samples: list[str] = []
 
-    def add(self, outcome: str, scheduled: float, sent: float, done: float) -> None:
+    def add(
+        self, outcome: str, scheduled: float, sent: float, done: float, header: str | None = None
+    ) -> None:
+        if self.samples is not None:
+            self.samples.append((scheduled - self.started, outcome, done - scheduled, header))
         self.status[outcome] += 1
         self.latency.setdefault(outcome, []).append(done - scheduled)
         self.service.setdefault(outcome, []).append(done - sent)
@@ -81,10 +95,13 @@ async def _one(
     rec: Recorder,
 ) -> None:
     sent = time.perf_counter()
+    recorded = None
     try:
         async with session.post(url, data=body, headers=headers) as response:
             await response.read()
             outcome = str(response.status)
+            if rec.record_header:
+                recorded = response.headers.get(rec.record_header)
             timing = response.headers.get("Server-Timing") if outcome == "200" else None
             if timing:
                 for stage, ms in SERVER_TIMING.findall(timing):
@@ -95,7 +112,7 @@ async def _one(
             rec.error_samples.append(repr(exc))
     except TimeoutError:
         outcome = "client_timeout"
-    rec.add(outcome, scheduled, sent, time.perf_counter())
+    rec.add(outcome, scheduled, sent, time.perf_counter(), recorded)
 
 
 async def closed_loop(spec: dict[str, Any], session: aiohttp.ClientSession, rec: Recorder) -> None:
@@ -116,16 +133,34 @@ async def closed_loop(spec: dict[str, Any], session: aiohttp.ClientSession, rec:
     await asyncio.gather(*(client(c) for c in range(spec["concurrency"])))
 
 
+def _phases(spec: dict[str, Any]) -> list[tuple[float, float]]:
+    """(rate, end offset s) of each phase; one phase unless the spec lists several."""
+    phases = spec.get("phases") or [{"rate": spec["rate"], "duration_s": spec["duration_s"]}]
+    out, end = [], 0.0
+    for phase in phases:
+        end += phase["duration_s"]
+        out.append((phase["rate"], end))
+    return out
+
+
 async def open_loop(spec: dict[str, Any], session: aiohttp.ClientSession, rec: Recorder) -> None:
     bodies = [b.encode() for b in spec["bodies"]]
     rng = random.Random(spec.get("seed", 0))
-    rate = spec["rate"]
+    phases = _phases(spec)
+    phase = 0
     start = time.perf_counter() + 0.05
+    rec.started = start  # sample offsets are offsets into the schedule
     at = start
     tasks: set[asyncio.Task[None]] = set()
     for i in range(spec["max_requests"]):
+        rate, end = phases[phase]
         at += rng.expovariate(rate)  # absolute schedule: a late send never shifts the next
-        if at - start > spec["duration_s"]:
+        while at - start > end and phase + 1 < len(phases):
+            # Arrivals are memoryless: the next phase draws afresh from its own start.
+            phase += 1
+            rate, end = phases[phase]
+            at = start + phases[phase - 1][1] + rng.expovariate(rate)
+        if at - start > end:
             break
         delay = at - time.perf_counter()
         if delay > 0:
@@ -143,13 +178,14 @@ async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"benchmarks only target 127.0.0.1, not {spec['url']}")
     spec.setdefault("headers", {})
     spec["headers"].setdefault("Content-Type", "application/json")
-    rec = Recorder()
+    rec = Recorder(spec.get("record_header"), spec.get("samples", False))
     # Enough connections that the pool never queues requests the server could take.
     connector = aiohttp.TCPConnector(limit=spec.get("connection_limit", 1024))
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.monotonic()
+        rec.started = time.perf_counter()
         if spec["mode"] == "closed":
             await closed_loop(spec, session, rec)
         else:
@@ -159,6 +195,10 @@ async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     total = sum(rec.status.values())
     ok = rec.status.get("200", 0)
+    extra: dict[str, Any] = {}
+    if rec.samples is not None:
+        # perf_counter is CLOCK_MONOTONIC on Linux, the server's clock too: offsets line up
+        extra = {"started_at": rec.started, "samples": sorted(rec.samples)}
     return {
         "generator": "aiohttp",
         "mode": spec["mode"],
@@ -178,6 +218,7 @@ async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
         "server_timing_ok_ms": {k: percentiles(v) for k, v in rec.server_ms.items()},
         "error_samples": rec.error_samples,
         "generator_cores": round(cpu / wall, 3),
+        **extra,
     }
 
 

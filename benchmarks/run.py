@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks import report, wrk
 from benchmarks.embed_http import DemoServerBenchmarks
@@ -57,6 +58,22 @@ def select(only: str | None) -> list[str]:
     return selected
 
 
+def base_parser(prog: str, doc: str | None, repository_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark command shares: --quick, --repository, --out."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke version")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=REPO_ROOT / ".surge" / "models",
+        help=repository_help,
+    )
+    parser.add_argument("--out", help="results file stem under benchmarks/results/")
+    return parser
+
+
 def ensure_models(repository: Path, selected: list[str]) -> None:
     from surge.demo.build import ensure_demo_models
 
@@ -89,20 +106,12 @@ def run(selected: list[str], settings: Settings) -> report.Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = base_parser(
+        "python -m benchmarks.run",
+        __doc__,
+        "model repository (missing demo models are built there first)",
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke version")
     parser.add_argument("--only", help="comma-separated, from: " + ", ".join(BENCHES))
-    parser.add_argument(
-        "--repository",
-        type=Path,
-        default=REPO_ROOT / ".surge" / "models",
-        help="model repository (missing demo models are built there first)",
-    )
-    parser.add_argument("--out", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
     selected = select(args.only)
     if not wrk.available():
@@ -129,8 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         "sentences": SENTENCES,
     }
     title = "surge serving core" + (" (quick)" if args.quick else "")
-    print(report.write(RESULTS / stem, result, machine, title))
-    log(f"wrote {RESULTS / stem}.json and .md in {time.perf_counter() - started:.0f}s")
+    return publish(RESULTS / stem, result, machine, title, started)
+
+
+def publish(
+    stem: Path, result: report.Report, machine: dict[str, Any], title: str, started: float
+) -> int:
+    """Write and print the report; the exit status is 1 when a target is missed."""
+    print(report.write(stem, result, machine, title))
+    log(f"wrote {stem}.json and .md in {time.perf_counter() - started:.0f}s")
     return 0 if all(f.met is not False for f in result.figures) else 1
 
 

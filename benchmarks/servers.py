@@ -141,16 +141,19 @@ def surge_server(
     repository: Path,
     workdir: Path,
     env: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[ServerProcess]:
     """`surge serve` with a config of just these endpoints, as a user would run it.
 
-    `env` adds environment variables (for experiments, e.g. a PYTHONPATH with a patch).
+    `env` adds environment variables (for experiments, e.g. a PYTHONPATH with a patch);
+    `extra` adds top-level config sections (`routes`, `modes`).
     """
     port = free_port()
     config = {
         "model_repository": str(Path(repository).resolve()),
         "server": {"host": "127.0.0.1", "port": port, "log_level": "info"},
         "endpoints": endpoints,
+        **(extra or {}),
     }
     config_path = workdir / f"{name}-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -105,7 +105,7 @@ class ModeLevel:
 class ModePolicy:
     levels: tuple[ModeLevel, ...]  # escalating; levels[0] is the base, its thresholds unused
     hold_s: float = 10.0  # calm time before stepping down one level
-    min_dwell_s: float = 5.0  # no automatic change sooner than this after the last change
+    min_dwell_s: float = 5.0  # no automatic step down sooner than this after the last change
 
     def __post_init__(self) -> None:
         if not self.levels:
@@ -233,7 +233,10 @@ class ModeController:
         if target == self.level or self.forced:
             return None  # a forced mode stays put; the calm time above was still tracked
         last = self._last_change_at
-        if last is not None and now - last < self.policy.min_dwell_s:
+        rising = target > self.level
+        # The dwell holds back only steps down: a burst that outgrows surge must reach
+        # emergency at once (hysteresis and hold_s already stop flapping).
+        if not rising and last is not None and now - last < self.policy.min_dwell_s:
             return None
         change = self._change(now, target, reason, forced=False)
         if self._calm(signals):
@@ -268,7 +271,7 @@ class ModeController:
             for sig in _SIGNALS
             if level.exit(sig) != math.inf
         )
-        return self.level - 1, f"calm for {calm_for:g} s: {figures or 'no exit thresholds'}"
+        return self.level - 1, f"calm for {calm_for:.1f} s: {figures or 'no exit thresholds'}"
 
     def _calm(self, s: LoadSignals) -> bool:
         """Every signal below the current level's exit threshold (the base is always calm)."""
