@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 
+from benchmarks.bandit_sim import simulate
 from surge.routing.bandit import (
     BANDITS,
     EpsilonGreedy,
@@ -20,21 +19,6 @@ from surge.routing.bandit import (
 )
 
 ARMS = ("small", "medium", "large")
-
-
-def _load_simulate():
-    # The repository root is not on sys.path under `pytest` (tests/ has no __init__.py),
-    # so `benchmarks.bandit_sim` is loaded by its path: the test runs the very
-    # simulation the published table comes from.
-    path = Path(__file__).parents[2] / "benchmarks" / "bandit_sim.py"
-    spec = importlib.util.spec_from_file_location("bandit_sim", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.simulate
-
-
-simulate = _load_simulate()
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import joblib
 import pytest
 import yaml
 
+from benchmarks.cascade_sweep import run_sweep
 from surge.demo.cascade_models import build_digits_big, build_digits_small
 from surge.repository import MANIFEST
-
-
-def _load_run_sweep():
-    # The repository root is not on sys.path under `pytest` (tests/ has no __init__.py),
-    # so the benchmark is loaded by its path: the test runs the very sweep it publishes.
-    path = Path(__file__).parents[2] / "benchmarks" / "cascade_sweep.py"
-    spec = importlib.util.spec_from_file_location("cascade_sweep", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.run_sweep
-
-
-run_sweep = _load_run_sweep()
 
 
 @pytest.fixture(scope="module")
