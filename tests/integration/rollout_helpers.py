@@ -140,6 +140,10 @@ def admin(url: str, method: str, path: str, **kwargs) -> httpx.Response:
     return httpx.request(method, f"{url}{path}", headers=ADMIN, timeout=120, **kwargs)
 
 
+def deploy(url: str, endpoint: str = "digits", **body) -> httpx.Response:
+    return admin(url, "POST", f"/admin/endpoints/{endpoint}/deploy", json=body)
+
+
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from conftest import ADMIN_KEY, run_server
 from rollout_helpers import (
     SteadyLoad,
     admin,
+    deploy,
     digit_body,
     digits_config,
     history,
@@ -30,7 +31,7 @@ def repo(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_hot_swap_under_load_fails_no_request(repo, tmp_path):
     with run_server(digits_config(repo), tmp_path) as server, SteadyLoad(server.url) as load:
         wait_for(lambda: load.total >= 50, 30, "traffic on v1")
-        r = admin(server.url, "POST", "/admin/endpoints/digits/deploy", json={"version": "2"})
+        r = deploy(server.url, version="2")
         assert r.status_code == 200, r.text
         assert [v["version"] for v in r.json()["versions"]] == ["2"]
         seen_v2 = load.versions["2"]
@@ -47,12 +48,7 @@ def test_hot_swap_under_load_fails_no_request(repo, tmp_path):
 def test_canary_steps_up_and_promotes_itself_with_no_failed_request(repo, tmp_path):
     with run_server(digits_config(repo), tmp_path) as server, SteadyLoad(server.url) as load:
         wait_for(lambda: load.total >= 50, 30, "traffic on v1")
-        r = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "2", "mode": "canary", "percent": 5},
-        )
+        r = deploy(server.url, version="2", mode="canary", percent=5)
         assert r.status_code == 200, r.text
         started = r.json()
         assert started["rollout"]["percent"] == 5
@@ -80,12 +76,7 @@ def test_bad_canary_is_rolled_back_and_clients_barely_notice(repo, tmp_path):
     with run_server(config, tmp_path) as server, SteadyLoad(server.url) as load:
         wait_for(lambda: load.total >= 50, 30, "traffic on v1")
         before = load.total
-        r = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "9", "mode": "canary", "percent": 5},
-        )
+        r = deploy(server.url, version="9", mode="canary", percent=5)
         assert r.status_code == 200, r.text
         wait_for(lambda: status(server.url)["mode"] == "single", 60, "automatic rollback")
         rolled_back_at = load.total
@@ -106,26 +97,26 @@ def test_bad_canary_is_rolled_back_and_clients_barely_notice(repo, tmp_path):
 
 @pytest.mark.parametrize("source", ["header", "parameter"])
 def test_sticky_ab_keeps_each_user_on_one_arm(source, repo, tmp_path):
-    deploy = {"version": "2", "mode": "ab", "percent": 50}
+    body = {"version": "2", "mode": "ab", "percent": 50}
     if source == "parameter":
-        deploy["ab_key"] = "parameter:user"  # a field in the v2 request's parameters
+        body["ab_key"] = "parameter:user"  # a field in the v2 request's parameters
 
     def request(user: int, round_: int) -> tuple[dict, dict]:
-        body = digit_body(user + round_)
+        row = digit_body(user + round_)
         if source == "header":  # the endpoint's default ab_key, header:x-user-id
-            return body, {"X-User-Id": f"user-{user}"}
-        return {**body, "parameters": {"user": f"user-{user}"}}, {}
+            return row, {"X-User-Id": f"user-{user}"}
+        return {**row, "parameters": {"user": f"user-{user}"}}, {}
 
     with run_server(digits_config(repo), tmp_path) as server:
-        r = admin(server.url, "POST", "/admin/endpoints/digits/deploy", json=deploy)
+        r = deploy(server.url, **body)
         assert r.status_code == 200, r.text
-        assert r.json()["ab_key"] == deploy.get("ab_key", "header:x-user-id")
+        assert r.json()["ab_key"] == body.get("ab_key", "header:x-user-id")
         arms: dict[str, set[str]] = {}
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for round_ in range(2):
                 for user in range(150):
-                    body, headers = request(user, round_)
-                    answer = client.post("/v2/models/digits/infer", json=body, headers=headers)
+                    payload, headers = request(user, round_)
+                    answer = client.post("/v2/models/digits/infer", json=payload, headers=headers)
                     assert answer.status_code == 200, answer.text
                     arms.setdefault(f"user-{user}", set()).add(answer.headers["x-model-version"])
         assert all(len(a) == 1 for a in arms.values())

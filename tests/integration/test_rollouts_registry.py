@@ -13,6 +13,7 @@ from conftest import run_server
 from rollout_helpers import (
     SteadyLoad,
     admin,
+    deploy,
     digits_config,
     history,
     rollout_repository,
@@ -49,12 +50,7 @@ def test_a_server_killed_mid_rollout_resumes_at_the_same_step(backend, repo, tmp
         _postgres_registry() if backend == "postgresql" else f"sqlite:///{tmp_path / 'r.db'}"
     )
     with run_server(config, tmp_path) as server:
-        r = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "2", "mode": "canary", "percent": 25},
-        )
+        r = deploy(server.url, version="2", mode="canary", percent=25)
         assert r.status_code == 200, r.text
         assert r.json()["rollout"]["step"] == 1
         server.process.send_signal(signal.SIGKILL)
@@ -78,12 +74,7 @@ def test_a_rebuilt_version_under_a_registered_number_refuses_to_load(repo, tmp_p
     shutil.copytree(repo / "digits" / "1", own / "digits" / "1")
     shutil.copytree(repo / "digits" / "2", own / "digits" / "3")
     with run_server(digits_config(own), tmp_path) as server:
-        ok = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "3", "mode": "canary", "percent": 5},
-        )
+        ok = deploy(server.url, version="3", mode="canary", percent=5)
         assert ok.status_code == 200, ok.text
         assert admin(server.url, "POST", "/admin/endpoints/digits/rollback").status_code == 200
         # Someone rebuilds version 3 in place with other weights (and a fresh model.yaml).
@@ -94,12 +85,7 @@ def test_a_rebuilt_version_under_a_registered_number_refuses_to_load(repo, tmp_p
         doc = yaml.safe_load(manifest)
         doc.pop("checksums")
         write_manifest(own / "digits" / "3", doc)
-        refused = admin(
-            server.url,
-            "POST",
-            "/admin/endpoints/digits/deploy",
-            json={"version": "3", "mode": "canary", "percent": 5},
-        )
+        refused = deploy(server.url, version="3", mode="canary", percent=5)
         assert refused.status_code == 409, refused.text
         assert "checksum" in refused.json()["error"]["message"]
         assert [v["version"] for v in status(server.url)["versions"]] == ["1"]

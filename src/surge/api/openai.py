@@ -24,7 +24,7 @@ from surge.api.http import (
     response_headers,
     user_key,
 )
-from surge.api.state import ServerState
+from surge.api.state import ServerState, interface_of
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
 from surge.serving.deployment import Deployment
@@ -89,7 +89,7 @@ async def embeddings(request: Request) -> Response:
     state = _state(request)
     parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
     target = state.target(parsed.model)
-    deployment = state.deployment(parsed.model)  # what it takes (a route: its first endpoint)
+    deployment = interface_of(target)  # what it takes (a route: its first endpoint)
     text_input = _text_input(deployment)
     if text_input is None:
         raise SurgeError(

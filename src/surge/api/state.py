@@ -69,14 +69,7 @@ class ServerState:
     def deployment(self, name: str, version: str | None = None) -> Deployment:
         """The deployment that describes `name` (its stable one, a pinned version, or for a
         route the first endpoint it sends to)."""
-        target = self.target(name)
-        if not isinstance(target, Endpoint):
-            if version:
-                raise SurgeError(
-                    "version_not_found", f"{name!r} is a route: it has no versions to pin", 404
-                )
-            return target.interface
-        return target.pinned(version) if version else target.stable
+        return interface_of(self.target(name), version)
 
     def count_answer(self, endpoint: str | None, status: int) -> None:
         if endpoint in self.endpoints or endpoint in self.routes:
@@ -137,19 +130,23 @@ class ServerState:
         served_by: str,
     ) -> None:
         """Persist each row the cascade's last tier was unsure of as a review item."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         now = time.time()
-        for i, row in enumerate(rows.tolist()):
-            await asyncio.to_thread(
-                self.store.add_review,
-                endpoint=route,
-                request_id=f"{ctx.request_id}#{row}" if len(rows) > 1 else ctx.request_id,
-                inputs={k: _jsonable(v[i]) for k, v in inputs.items()},
-                answer={k: _jsonable(v[i]) for k, v in answer.items()},
-                confidence=float(confidence[i]),
-                served_by=served_by,
-                now=now,
-            )
+
+        def persist() -> None:  # one hop off the event loop for all of the request's rows
+            for i, row in enumerate(rows.tolist()):
+                store.add_review(
+                    endpoint=route,
+                    request_id=f"{ctx.request_id}#{row}" if len(rows) > 1 else ctx.request_id,
+                    inputs={k: _jsonable(v[i]) for k, v in inputs.items()},
+                    answer={k: _jsonable(v[i]) for k, v in answer.items()},
+                    confidence=float(confidence[i]),
+                    served_by=served_by,
+                    now=now,
+                )
+
+        await asyncio.to_thread(persist)
 
     async def _restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
         assert self.rollouts is not None
@@ -197,6 +194,18 @@ class ServerState:
         for deployment in self._all_deployments():
             if deployment.state == "ready":
                 deployment.state = "draining"
+
+
+def interface_of(target: Endpoint | Route, version: str | None = None) -> Deployment:
+    """What a target takes: an endpoint's stable (or pinned) version, or for a route the
+    first endpoint it sends to (routes have no versions to pin)."""
+    if isinstance(target, Endpoint):
+        return target.pinned(version) if version else target.stable
+    if version:
+        raise SurgeError(
+            "version_not_found", f"{target.name!r} is a route: it has no versions to pin", 404
+        )
+    return target.interface
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -18,7 +18,7 @@ from surge.api.http import (
     response_headers,
     user_key,
 )
-from surge.api.state import ServerState
+from surge.api.state import ServerState, interface_of
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
 from surge.core.errors import bad_input
@@ -78,10 +78,7 @@ async def infer(request: Request) -> Response:
     target = state.target(params["model"])
     # What the endpoint takes: its stable version (or the pinned one), or for a route the
     # first endpoint it sends to. Candidates are checked to take the same before they serve.
-    if isinstance(target, Endpoint):
-        interface = target.pinned(version) if version else target.stable
-    else:
-        interface = state.deployment(params["model"], version)
+    interface = interface_of(target, version)
     modes = state.modes
     assert modes is not None  # the lifespan starts it before any request
     admit_by_mode(request, modes)
