@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from surge.config_observe import CostConfig, ObservabilityConfig
+
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
 
 
@@ -113,6 +115,7 @@ class EndpointConfig(Strict):
         description="where a sticky A/B split finds the user key: header:<name> or "
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )
+    cost: CostConfig = Field(default_factory=CostConfig)
 
 
 class CascadeTierConfig(Strict):
@@ -244,6 +247,7 @@ class Config(Strict):
         default_factory=dict, description="public names served by a routing policy"
     )
     modes: ModesConfig = Field(default_factory=ModesConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> Config:

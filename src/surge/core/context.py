@@ -1,7 +1,9 @@
 """The request context: who, until when, and when each handoff happened.
 
 Each leg of the relay stamps a monotonic time; the stamps become the
-`Server-Timing` header and the per-stage latency histograms (and later, the receipt).
+`Server-Timing` header, the per-stage latency histograms, the trace's spans and
+the receipt. Each model run (`runs`) and routing decision (`decisions`) is
+appended as it happens, so the receipt can say what ran, what it cost and why.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ class RequestContext:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     degraded: bool = False  # a cheaper target served than the route prefers (deadline, fallback)
     needs_review: list[int] = field(default_factory=list)  # rows a cascade flagged for review
+    # One entry per model run this request took part in (escalations, retries, and a
+    # shadow copy's run, which shares this list): see `Deployment._record`.
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    role: str = "live"  # "shadow" for the mirrored copy of a request
+    tenant: str | None = None  # X-Tenant
+    traceparent: str | None = None  # W3C trace context sent by the caller
+    wall_time: float = 0.0  # epoch seconds at `received`, for the receipt
+    status: int = 0  # the HTTP status answered
+    error: str | None = None  # the error code, when not 200
+    cache_hit: bool = False
 
     def decide(self, policy: str, choice: str, reason: str, **numbers: Any) -> None:
         self.decisions.append({"policy": policy, "choice": choice, "reason": reason, **numbers})

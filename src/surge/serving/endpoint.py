@@ -109,6 +109,15 @@ class Endpoint:
             404,
         )
 
+    def _why(self, chosen: Deployment, user_key: str | None) -> str:
+        """The reason a receipt gives for the version a split picked."""
+        share = self.weights()[chosen.version]
+        if self.mode == "ab":
+            if user_key is None:
+                return "A/B split: no user key, so the stable arm"
+            return f"A/B split: user key sticks to this arm ({share:g}% of users)"
+        return f"canary split: {share:g}% of requests go to this version"
+
     def _choose(self, user_key: str | None) -> Deployment:
         candidate = self.candidate
         assert candidate is not None
@@ -138,6 +147,8 @@ class Endpoint:
         if self.candidate is None:
             return Served(await self.stable.infer(ctx, tensors, rows), self.stable)
         target = self._choose(user_key)
+        if self.mode != "shadow":
+            ctx.decide(self.mode, target.spec.version.ref, self._why(target, user_key))
         started = self.clock()
         try:
             outputs = await target.infer(ctx, tensors, rows)
@@ -146,6 +157,10 @@ class Endpoint:
             if not self._may_retry(target, error, ctx):
                 raise
             self.stats[target.version].retried_on_stable_total += 1
+            ctx.decide(
+                "retry", self.stable.spec.version.ref,
+                f"{target.spec.version.ref} answered {error.status} ({error.code}); retried on stable",
+            )  # fmt: skip
             return Served(await self._on_stable(ctx, tensors, rows), self.stable, True)
         latency = self.clock() - started
         self.stats[target.version].record(latency, ok=True)
@@ -187,11 +202,18 @@ class Endpoint:
         batch = candidate.spec.batching.max_batch_size
         if candidate.batcher.queued_rows >= batch or self.stable.batcher.queued_rows >= batch:
             stats.shadow_dropped_total += 1
+            ctx.decide("shadow", candidate.spec.version.ref, "dropped: a queue holds a batch")
             return
         now = self.clock()
         shadow_ctx = RequestContext(
             f"{ctx.request_id}/shadow", self.name, now + candidate.spec.timeout_s, now
         )
+        # The copy's run lands on the live request's receipt (role "shadow"), if it
+        # finishes before the receipt is written.
+        shadow_ctx.runs = ctx.runs
+        shadow_ctx.role = "shadow"
+        shadow_ctx.tenant = ctx.tenant
+        ctx.decide("shadow", candidate.spec.version.ref, "mirrored after the answer")
         task = asyncio.get_running_loop().create_task(
             self._shadow(candidate, shadow_ctx, tensors, rows, live, live_s)
         )
