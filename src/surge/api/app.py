@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api import admin, feedback, openai, v2
+from surge.api import admin, feedback, openai, receipts, v2
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.middleware import RequestIdMiddleware
 from surge.api.state import ServerState
@@ -52,9 +52,17 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
             *openai.ROUTES,
             *feedback.ROUTES,
             *admin.ROUTES,
+            *receipts.ROUTES,
             Route("/metrics", metrics),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(
+                RequestIdMiddleware,
+                extra_headers=frozenset(
+                    {config.observability.receipts.inline_header.lower().encode("latin-1")}
+                ),
+            )
+        ],
         exception_handlers={
             SurgeError: surge_error_handler,
             HTTPException: http_error_handler,

@@ -43,6 +43,9 @@ def render(request: Request, error: SurgeError) -> Response:
     state = getattr(request.app.state, "surge", None)
     if state is not None:
         state.count_answer(request.scope.get("surge.endpoint"), error.status)
+        ctx = request.scope.get("surge.ctx")
+        if ctx is not None and not ctx.status:  # not finished yet: its receipt says why
+            state.observer.finish(ctx, error.status, error.code, request.scope["surge.headers"])
     return Response(orjson.dumps(body), error.status, headers, "application/json")
 
 

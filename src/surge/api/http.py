@@ -137,10 +137,32 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
             )
         timeout_s = timeout_ms / 1000.0
     scope["surge.endpoint"] = endpoint
-    return RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
+    ctx = RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
+    # Kept on the scope so an error answered anywhere later still finishes the context
+    # (a receipt for a 429 or 504 too).
+    scope["surge.ctx"] = ctx
+    request.app.state.surge.observer.begin(ctx, scope["surge.headers"])
+    return ctx
 
 
-def response_headers(ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
+def finish_answer(request: Request, ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
+    """Close a 200 answer's books (metrics, receipt, trace, access log); its headers."""
+    state = request.app.state.surge
+    now = monotonic()
+    ctx.stamp("responded", now)
+    served_by.metrics.total.observe(now - ctx.received)
+    state.count_answer(ctx.endpoint, 200)
+    observer = state.observer
+    inline = observer.finish(ctx, 200, None, request.scope["surge.headers"])
+    headers = response_headers(ctx, served_by, observer.stage_timing)
+    if inline is not None:
+        headers[observer.config.receipts.inline_header] = inline
+    return headers
+
+
+def response_headers(
+    ctx: RequestContext, served_by: Deployment, stage_timing: bool = True
+) -> dict[str, str]:
     """Server-Timing, the version that answered, and `X-Surge-Route`: the final
     model@version, and whether a route escalated, degraded or flagged the request."""
     route = served_by.spec.version.ref
@@ -151,11 +173,10 @@ def response_headers(ctx: RequestContext, served_by: Deployment) -> dict[str, st
             route += "; degraded"
         if ctx.needs_review:
             route += "; needs-review"
-    return {
-        "Server-Timing": server_timing(ctx),
-        "X-Model-Version": served_by.version,
-        "X-Surge-Route": route,
-    }
+    headers = {"X-Model-Version": served_by.version, "X-Surge-Route": route}
+    if stage_timing:
+        headers["Server-Timing"] = server_timing(ctx)
+    return headers
 
 
 def server_timing(ctx: RequestContext) -> str:

@@ -18,13 +18,17 @@ WANTED = frozenset(
         b"content-encoding",
         b"content-length",
         b"x-priority",
+        b"x-tenant",
+        b"traceparent",
     }
 )
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, extra_headers: frozenset[bytes] = frozenset()) -> None:
         self.app = app
+        # The inline-receipt header's name is configurable, so it joins the set here.
+        self.wanted = WANTED | extra_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,10 +37,11 @@ class RequestIdMiddleware:
         scope["surge.received"] = monotonic()
         client_id = None
         wanted: dict[bytes, str] = {}
+        names = self.wanted
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 client_id = value.decode("latin-1")
-            elif key in WANTED:
+            elif key in names:
                 wanted[key] = value.decode("latin-1")
         request_id = accept_request_id(client_id)
         scope["surge.request_id"] = request_id

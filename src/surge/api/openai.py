@@ -18,10 +18,10 @@ from starlette.routing import Route
 
 from surge.api.http import (
     admit_by_mode,
+    finish_answer,
     new_context,
     read_body,
     request_facts,
-    response_headers,
     user_key,
 )
 from surge.api.state import ServerState, interface_of
@@ -135,14 +135,10 @@ async def embeddings(request: Request) -> Response:
         "model": target.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    now = monotonic()
-    ctx.stamp("responded", now)
-    deployment.metrics.total.observe(now - ctx.received)
-    state.count_answer(target.name, 200)
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         200,
-        response_headers(ctx, deployment),
+        finish_answer(request, ctx, deployment),
         "application/json",
     )
 

@@ -14,6 +14,7 @@ from surge.config import Config, cpu_count
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.observe.metrics import Metrics
+from surge.observe.observer import Observer
 from surge.observe.rollout_metrics import RolloutCollector
 from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
@@ -45,6 +46,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
+        self.observer = Observer(self.config, self.metrics, cpu_count())
 
     @property
     def ready(self) -> bool:
@@ -83,7 +85,11 @@ class ServerState:
         for line in lines:
             log.info(line)
         factory = DeploymentFactory(
-            config, ModelRepository(config.model_repository), plan, self.metrics
+            config,
+            ModelRepository(config.model_repository),
+            plan,
+            self.metrics,
+            self.observer.watch_for,
         )
         self.store = await asyncio.to_thread(open_store, config.registry_url)
         docs = await asyncio.to_thread(self.store.load_routes)
@@ -116,6 +122,8 @@ class ServerState:
         self.metrics.registry.register(RouteCollector(self.routes))
         self.modes = ModeDriver(config.modes, self.endpoints, self.routes, self.metrics, self.store)
         self.metrics.registry.register(ModeCollector(self.modes))
+        self.observer.register(self.endpoints)
+        await self.observer.start()
         rollouts.start()
         self.modes.start()
 
@@ -185,6 +193,7 @@ class ServerState:
         for deployment in self._all_deployments():
             deployment.metrics.ready = False
             await deployment.stop()
+        await self.observer.stop()
         if self.store is not None:
             self.store.close()
 

@@ -11,11 +11,11 @@ from surge import __version__
 from surge.api.http import (
     admit_by_mode,
     decompress,
+    finish_answer,
     header,
     new_context,
     read_body,
     request_facts,
-    response_headers,
     user_key,
 )
 from surge.api.state import ServerState, interface_of
@@ -118,11 +118,7 @@ async def infer(request: Request) -> Response:
         binary_output_default=parsed.binary_output_default,
         parameters={"needs_review": ctx.needs_review} if ctx.needs_review else None,
     )
-    now = monotonic()
-    ctx.stamp("responded", now)
-    deployment.metrics.total.observe(now - ctx.received)
-    state.count_answer(target.name, 200)
-    headers = response_headers(ctx, deployment)
+    headers = finish_answer(request, ctx, deployment)
     if json_length is None:
         return Response(payload, 200, headers, JSON)
     headers["Inference-Header-Content-Length"] = str(json_length)

@@ -42,6 +42,8 @@ class RequestContext:
     role: str = "live"  # "shadow" for the mirrored copy of a request
     tenant: str | None = None  # X-Tenant
     traceparent: str | None = None  # W3C trace context sent by the caller
+    trace: Any = None  # the tracer's per-request state (None when tracing is off)
+    outbound_headers: dict[str, str] | None = None  # what an upstream call carries (traceparent)
     wall_time: float = 0.0  # epoch seconds at `received`, for the receipt
     status: int = 0  # the HTTP status answered
     error: str | None = None  # the error code, when not 200

@@ -66,6 +66,9 @@ class Runtime(ABC):
         self.settings = settings
         self.inputs: list[TensorSpec] = list(version.manifest.inputs)
         self.outputs: list[TensorSpec] = list(version.manifest.outputs)
+        # Headers a runtime that calls another server sends with the batch it runs now
+        # (the trace context); set by the replica before each `run`, None when there are none.
+        self.outbound_headers: dict[str, str] | None = None
 
     @abstractmethod
     def load(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.observe.batch_watch import BatchWatch
 from surge.observe.metrics import EndpointMetrics
 from surge.repository import ModelVersion
 from surge.runtimes.base import Runtime, RuntimeSettings, Tensors
@@ -58,9 +59,15 @@ class DeploymentSpec:
 
 class Deployment:
     def __init__(
-        self, spec: DeploymentSpec, metrics: EndpointMetrics, clock: Callable[[], float] = monotonic
+        self,
+        spec: DeploymentSpec,
+        metrics: EndpointMetrics,
+        clock: Callable[[], float] = monotonic,
+        watch: BatchWatch | None = None,
     ) -> None:
         self.spec = spec
+        self.watch = watch
+        self.ready_at: float | None = None  # when it started serving (the idle-cost clock)
         self.name = spec.endpoint
         self.version = spec.version.version
         self.metrics = metrics
@@ -84,15 +91,25 @@ class Deployment:
         """Load and warm every replica, then start taking requests."""
         loop = asyncio.get_running_loop()
         self.spec.version.verify_checksums()
+        watch = self.watch
         for i in range(self.spec.replicas):
             runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
-            self.replicas.append(Replica(f"{self.name}-r{i}", runtime, self.spec.compute_nice))
+            meter = summarize = None
+            if watch is not None:
+                meter = watch.meter(self.spec.settings.threads) if watch.meter else None
+                summarize = watch.summarize
+            self.replicas.append(
+                Replica(f"{self.name}-r{i}", runtime, self.spec.compute_nice, meter, summarize)
+            )
         await asyncio.gather(
             *(loop.run_in_executor(r.executor, self._load_and_warm, r) for r in self.replicas)
         )
+        for replica in self.replicas:
+            replica.busy_s = 0.0  # warm-up is not serving: busy time counts from here
         self._idle = list(self.replicas)
         self._driver = loop.create_task(self._drive(), name=f"batcher-{self.name}")
         self.state = "ready"
+        self.ready_at = self.clock()
 
     def _load_and_warm(self, replica: Replica) -> None:
         replica.runtime.load()
@@ -232,8 +249,11 @@ class Deployment:
         loop = asyncio.get_running_loop()
         try:
             parts = [p.tensors for p in batch]
+            headers = next((h for p in batch if (h := p.ctx.outbound_headers)), None)
             try:
-                result = await loop.run_in_executor(replica.executor, replica.execute, parts)
+                result = await loop.run_in_executor(
+                    replica.executor, replica.execute, parts, headers
+                )
             except Exception as exc:
                 await self._isolate_failure(replica, batch, exc)
                 return
@@ -258,6 +278,37 @@ class Deployment:
             ctx.stamp("compute_start", result.compute_start)
             ctx.stamp("compute_end", result.compute_end)
             m.batch_formation.observe(result.compute_start - ctx.stamps["batched"])
+        watch = self.watch
+        if watch is None:
+            return
+        if watch.record_runs:
+            self._record_runs(batch, rows, result)
+        if watch.observe is not None and result.summary is not None:
+            watch.observe(result.summary)
+
+    def _record_runs(self, batch: list[Pending], rows: int, result: BatchResult) -> None:
+        """Each request's share of the batch, by rows: the replica time it occupied
+        (what cost is attributed by), its CPU time and energy, and how long it queued."""
+        energy = result.energy
+        ref = self.spec.version.ref
+        for pending in batch:
+            ctx = pending.ctx
+            share = ctx.rows / rows
+            ctx.runs.append(
+                {
+                    "model": ref,
+                    "endpoint": self.name,
+                    "version": self.version,
+                    "role": ctx.role,
+                    "rows": ctx.rows,
+                    "batch_rows": rows,
+                    "compute_s": result.busy_s * share,
+                    "queue_s": ctx.stamps["batched"] - ctx.stamps["admitted"],
+                    "cpu_s": energy.cpu_s * share if energy else 0.0,
+                    "energy_j": energy.joules * share if energy else 0.0,
+                    "energy_source": energy.source if energy else None,
+                }
+            )
 
     async def _isolate_failure(
         self, replica: Replica, batch: list[Pending], exc: Exception
@@ -270,7 +321,10 @@ class Deployment:
         for pending in batch:
             try:
                 result = await loop.run_in_executor(
-                    replica.executor, replica.execute, [pending.tensors]
+                    replica.executor,
+                    replica.execute,
+                    [pending.tensors],
+                    pending.ctx.outbound_headers,
                 )
             except Exception as single_exc:
                 self._fail(pending, _as_surge_error(single_exc, self.spec.version.ref))
@@ -282,6 +336,11 @@ class Deployment:
     def _fail(self, pending: Pending, error: SurgeError) -> None:
         if not pending.future.done():
             pending.future.set_exception(error)
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the replicas have spent running batches since this went live."""
+        return sum(r.busy_s for r in self.replicas)
 
     def describe(self) -> dict[str, Any]:
         runtime = self.replicas[0].runtime.describe() if self.replicas else {}

@@ -157,10 +157,8 @@ class Endpoint:
             if not self._may_retry(target, error, ctx):
                 raise
             self.stats[target.version].retried_on_stable_total += 1
-            ctx.decide(
-                "retry", self.stable.spec.version.ref,
-                f"{target.spec.version.ref} answered {error.status} ({error.code}); retried on stable",
-            )  # fmt: skip
+            failed = f"{target.spec.version.ref} answered {error.status} ({error.code})"
+            ctx.decide("retry", self.stable.spec.version.ref, f"{failed}; retried on stable")
             return Served(await self._on_stable(ctx, tensors, rows), self.stable, True)
         latency = self.clock() - started
         self.stats[target.version].record(latency, ok=True)

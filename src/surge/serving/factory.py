@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from surge.config import Config
 from surge.core.errors import SurgeError
+from surge.observe.batch_watch import BatchWatch
 from surge.observe.metrics import EndpointMetrics, Metrics
 from surge.repository import ModelRepository, ModelVersion
 from surge.runtimes.base import RuntimeSettings
@@ -38,6 +40,8 @@ class DeploymentFactory:
     repository: ModelRepository
     plan: dict[str, CoreShare]
     metrics: Metrics
+    # (endpoint, version, shadow) -> the observability hooks of its batches, if any
+    watch: Callable[[str, str, bool], BatchWatch | None] | None = None
 
     def version(self, model: str, version: str) -> ModelVersion:
         return self.repository.version(model, version)
@@ -67,11 +71,12 @@ class DeploymentFactory:
             warmup_batches=cfg.warmup_batches,
             compute_nice=nice,
         )
+        watch = self.watch(endpoint, version.version, shadow) if self.watch else None
         if shadow:
             spec = replace(spec, compute_nice=min(19, nice + SHADOW_EXTRA_NICE))
             # Shadow refusals are not the endpoint's refusals: they get metrics of their own.
-            return Deployment(spec, EndpointMetrics(f"{endpoint}@shadow"))
-        return Deployment(spec, self.metrics.for_endpoint(endpoint))
+            return Deployment(spec, EndpointMetrics(f"{endpoint}@shadow"), watch=watch)
+        return Deployment(spec, self.metrics.for_endpoint(endpoint), watch=watch)
 
 
 def check_compatible(live: Deployment, candidate: Deployment) -> None:

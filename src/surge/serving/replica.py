@@ -10,20 +10,26 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from surge.core.errors import SurgeError
+from surge.observe.energy import BatchEnergy, EnergyMeter
 from surge.runtimes.base import Runtime, Tensors
 
 
 @dataclass(frozen=True)
 class BatchResult:
     outputs: Tensors
-    compute_start: float
+    compute_start: float  # runtime.run only: the compute stage of Server-Timing
     compute_end: float
+    busy_s: float = 0.0  # the whole time the replica was occupied by this batch
+    energy: BatchEnergy | None = None
+    summary: Any = None  # drift signals of the batch, when watched
 
 
 def concat(parts: list[Tensors]) -> Tensors:
@@ -83,19 +89,43 @@ def lower_priority(nice: int) -> None:
 
 
 class Replica:
-    def __init__(self, name: str, runtime: Runtime, nice: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        nice: int = 0,
+        meter: EnergyMeter | None = None,
+        summarize: Callable[[Tensors, Tensors], Any] | None = None,
+    ) -> None:
         self.name = name
         self.runtime = runtime
+        self.meter = meter
+        self.summarize = summarize
+        # Seconds this replica spent executing batches since it went live; written only
+        # by the replica's thread. The receipts' attributed compute is checked against it.
+        self.busy_s = 0.0
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,)
         )
 
-    def execute(self, parts: list[Tensors]) -> BatchResult:
+    def execute(
+        self, parts: list[Tensors], outbound_headers: dict[str, str] | None = None
+    ) -> BatchResult:
+        began = time.monotonic()
         inputs = concat(parts)
+        # Runtimes that call out (upstream) forward the trace context of the batch; one
+        # replica runs one batch at a time, so the attribute is this batch's alone.
+        self.runtime.outbound_headers = outbound_headers
+        token = self.meter.begin() if self.meter is not None else None
         start = time.monotonic()
         outputs = self.runtime.run(inputs)
         end = time.monotonic()
-        return BatchResult(checked(outputs, inputs, self.runtime.version.ref), start, end)
+        energy = self.meter.end(token) if self.meter is not None else None
+        outputs = checked(outputs, inputs, self.runtime.version.ref)
+        summary = self.summarize(inputs, outputs) if self.summarize is not None else None
+        busy = time.monotonic() - began
+        self.busy_s += busy
+        return BatchResult(outputs, start, end, busy, energy, summary)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,7 @@
 """The store's tables, in SQL both SQLite and PostgreSQL accept, and how a JSON value is
 written to and read back from them.
 
-`{v}`, `{r}`, `{a}` and `{q}` are the namespaced table names; `{real}`, `{json_type}` and
+`{v}`, `{r}`, `{a}`, `{q}` and `{t}` are the namespaced table names; `{real}`, `{json_type}` and
 `{serial}` the column types each backend spells its own way.
 """
 
@@ -48,6 +48,25 @@ SCHEMA = (
         labelled_by TEXT,
         labelled_at {real})""",
     "CREATE INDEX IF NOT EXISTS {q}_by_endpoint ON {q} (endpoint, created_at)",
+    # Receipts: one row per request (a client may reuse a request id, so it is not the
+    # key); the columns a list filters on, and the whole receipt as JSON.
+    """CREATE TABLE IF NOT EXISTS {t} (
+        seq {serial},
+        request_id TEXT NOT NULL,
+        recorded_at {real} NOT NULL,
+        endpoint TEXT NOT NULL,
+        tenant TEXT,
+        status INTEGER NOT NULL,
+        served_by TEXT,
+        escalated INTEGER NOT NULL,
+        degraded INTEGER NOT NULL,
+        cost {real} NOT NULL,
+        energy_j {real} NOT NULL,
+        total_ms {real} NOT NULL,
+        body {json_type} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS {t}_by_id ON {t} (request_id)",
+    "CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (recorded_at)",
+    "CREATE INDEX IF NOT EXISTS {t}_by_endpoint ON {t} (endpoint, recorded_at)",
 )
 
 

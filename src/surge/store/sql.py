@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from surge.store.receipts import ReceiptTable
 from surge.store.registry import (
     AuditEntry,
     RegistryStore,
@@ -28,7 +29,7 @@ _VERSION_COLUMNS = "model, version, checksum, registered_at, registered_by"
 _AUDIT_COLUMNS = "id, recorded_at, actor, action, endpoint, before_doc, after_doc, reason"
 
 
-class SqlRegistryStore(ReviewQueue, RegistryStore):
+class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
     """One DB-API connection, used by one thread at a time (admin operations are rare, so
     serialising them in-process costs nothing; other processes are kept out by the
     database's own locks, taken in `_transaction`)."""
@@ -47,6 +48,7 @@ class SqlRegistryStore(ReviewQueue, RegistryStore):
             "r": f"{namespace}_routes",
             "a": f"{namespace}_audit",
             "q": f"{namespace}_reviews",
+            "t": f"{namespace}_receipts",
             "j": self.json_param,
         }
         self._lock = threading.Lock()

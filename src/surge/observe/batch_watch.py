@@ -1,0 +1,27 @@
+"""What the observability layer asks of a deployment: hooks around each batch.
+
+A deployment built without a watch (receipts, energy and drift all off) does none of
+this work; one built with it measures energy on the replica thread, summarises the
+batch for drift there too (never on the event loop), and records one run per request
+on its context for the receipt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from surge.observe.energy import EnergyMeter
+from surge.runtimes.base import Tensors
+
+
+@dataclass(frozen=True)
+class BatchWatch:
+    # replica cores -> a meter for that replica (one per replica: it is used on its thread)
+    meter: Callable[[int], EnergyMeter] | None = None
+    # On the replica thread after each batch: per-row drift signals of inputs and outputs.
+    summarize: Callable[[Tensors, Tensors], Any] | None = None
+    # On the event loop with what `summarize` returned.
+    observe: Callable[[Any], None] | None = None
+    record_runs: bool = True  # append a run per request to its context (receipts)
