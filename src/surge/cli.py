@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from surge.cli_receipts import add_commands as add_receipt_commands
 from surge.cli_rollouts import add_commands as add_rollout_commands
 from surge.config import (
     Config,
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build-demo", help="build the demo models now")
     build.set_defaults(func=cmd_build_demo)
     add_rollout_commands(sub)
+    add_receipt_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -5,12 +5,14 @@ energy attributed, errors receipted, lists filtered, and the receipt inline on r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import ADMIN, run_server
+from conftest import ADMIN, ADMIN_KEY, run_server
 from rollout_helpers import rollout_repository
 from sklearn.datasets import load_digits
 from test_routes import SLOW_DIGITS, endpoint, python_version, v2_body
@@ -160,3 +162,18 @@ def test_a_receipt_explains_escalation_and_degradation_in_plain_fields(backend, 
         slow = next(r for r in costs["endpoints"] if r["endpoint"] == "slow")
         assert slow["idle_s"] > 0 and slow["idle_cost"] > 0 and slow["currency"] == "EUR"
         assert costs["energy_sources"]["digits@1"] == "estimate"
+
+        # The CLI shows the same receipt, readable.
+        shown = subprocess.run(
+            [sys.executable, "-m", "surge", "receipts", f"cascade-{backend}",
+             "--url", server.url, "--admin-key", ADMIN_KEY],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "[escalated]" in shown and "escalated to big" in shown
+        assert "ran         digits@2 (live)" in shown and "EUR" in shown
+        listed = subprocess.run(
+            [sys.executable, "-m", "surge", "receipts", "--degraded",
+             "--url", server.url, "--admin-key", ADMIN_KEY],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert f"hurried-{backend}" in listed and f"cascade-{backend}" not in listed
