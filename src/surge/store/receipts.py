@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "request_id, recorded_at, endpoint, tenant, status, served_by, escalated, degraded, "
-    "cost, energy_j, total_ms"
+    "cost, compute_s, energy_j, total_ms"
 )
 
 
@@ -66,6 +66,7 @@ def receipt_row(receipt: dict[str, Any]) -> tuple[Any, ...]:
         int(bool(receipt.get("escalated"))),
         int(bool(receipt.get("degraded"))),
         receipt["cost"]["total"],
+        receipt["cost"]["compute_s"],
         receipt["energy"]["joules"],
         receipt["total_ms"],
         encode_json(receipt),
@@ -87,9 +88,8 @@ class ReceiptTable:
         if not receipts:
             return 0
         rows = [receipt_row(r) for r in receipts]
-        sql = self._sql(
-            f"INSERT INTO {{t}} ({_COLUMNS}, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,{{j}})"
-        )
+        values = ", ".join(["?"] * 12 + ["{j}"])
+        sql = self._sql(f"INSERT INTO {{t}} ({_COLUMNS}, body) VALUES ({values})")
 
         def work(conn: Any) -> int:
             cursor = conn.cursor()
@@ -121,15 +121,17 @@ class ReceiptTable:
         """Totals over the selection: what a tenant or endpoint was billed and burned."""
         where, params = selection.where()
         sql = self._sql(
-            "SELECT COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(energy_j), 0), "
-            f"COALESCE(SUM(escalated), 0), COALESCE(SUM(degraded), 0) FROM {{t}} {where}"
+            "SELECT COUNT(*), COALESCE(SUM(cost), 0), COALESCE(SUM(compute_s), 0), "
+            "COALESCE(SUM(energy_j), 0), COALESCE(SUM(escalated), 0), "
+            f"COALESCE(SUM(degraded), 0) FROM {{t}} {where}"
         )
-        count, cost, energy, escalated, degraded = self._read(
+        count, cost, compute, energy, escalated, degraded = self._read(
             lambda conn: conn.execute(sql, params).fetchone()
         )
         return {
             "receipts": int(count),
             "cost": float(cost),
+            "compute_s": float(compute),
             "energy_j": float(energy),
             "escalated": int(escalated),
             "degraded": int(degraded),

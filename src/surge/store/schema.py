@@ -61,6 +61,7 @@ SCHEMA = (
         escalated INTEGER NOT NULL,
         degraded INTEGER NOT NULL,
         cost {real} NOT NULL,
+        compute_s {real} NOT NULL,
         energy_j {real} NOT NULL,
         total_ms {real} NOT NULL,
         body {json_type} NOT NULL)""",

@@ -177,6 +177,7 @@ def test_the_store_filters_summarises_and_forgets_past_the_retention(store):
     assert len(pick(ReceiptFilter(limit=2))) == 2
     totals = store.summarize_receipts(ReceiptFilter(tenant="acme"))
     assert totals["receipts"] == 3 and totals["degraded"] == 1
+    assert totals["compute_s"] == pytest.approx(3 * 0.002)
     assert totals["cost"] == pytest.approx(3 * (0.002 * 2.0 * 1 + 0.01))
     assert store.delete_receipts_before(1002.0) == 2
     assert [r["id"] for r in pick(ReceiptFilter())] == ["r3", "r2"]
