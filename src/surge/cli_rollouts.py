@@ -156,12 +156,34 @@ def render_status(doc: dict[str, Any]) -> None:
             f"{_fmt(window['p99_ms']):>8} {_fmt(shadow['agreement']):>9} "
             f"{_fmt(shadow['latency_delta_ms']):>9}"
         )
+    for v in doc["versions"]:
+        if "drift" in v:  # only the status view carries drift, not deploy/promote answers
+            print(f"  {v['model']}@{v['version']} drift: {_drift_line(v['drift'])}")
     rollout = doc.get("rollout")
     if rollout:
         steps = " -> ".join(f"{p:g}" for p in rollout["steps_percent"])
         print(f"  rollout: {rollout['stage']}, step {rollout['step']} ({rollout['percent']:g} %) "
               f"of {steps}; step running {rollout['step_running_s']} s")  # fmt: skip
         print(f"  waiting for: {rollout['waiting_for']}")
+
+
+def _drift_line(drift: dict[str, Any] | None) -> str:
+    """`ok (psi 0.03, ks 0.05 on confidence)`: the worst signal, or each drifting one."""
+    if drift is None:
+        return "not watched"
+    signals = drift["signals"]
+    if drift["state"].startswith("collecting"):
+        key = "reference_rows" if drift["state"] == "collecting reference" else "window_rows"
+        rows = max((s[key] for s in signals), default=0)
+        return f"{drift['state']} ({rows} rows so far)"
+    ranked = sorted((s for s in signals if s["psi"] is not None), key=lambda s: -s["psi"])
+    if drift["state"] == "drifting":
+        flagged = [f"{s['signal']} psi {s['psi']:.2f}, ks {s['ks']:.2f}" for s in ranked
+                   if s["drifting"]]  # fmt: skip
+        more = f"; {len(flagged) - 3} more" if len(flagged) > 3 else ""
+        return "DRIFTING " + "; ".join(flagged[:3]) + more
+    worst = ranked[0]
+    return f"ok (psi {worst['psi']:.2f}, ks {worst['ks']:.2f} on {worst['signal']})"
 
 
 def render_history(doc: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from surge.config_observe import CostConfig, EnergyConfig, ReceiptsConfig
 from surge.core.context import RequestContext
 from surge.observe.cost import CostLedger
 from surge.observe.energy import EnergyMeter, RaplCounters
-from surge.observe.receipt import build_receipt
+from surge.observe.receipt import build_receipt, record_of
 from surge.observe.receipts import ReceiptLog
 from surge.store.receipts import ReceiptFilter
 from surge.store.registry import open_store
@@ -165,7 +165,7 @@ def test_the_store_filters_summarises_and_forgets_past_the_retention(store):
         ctx = finished_ctx("same-id" if i < 2 else f"r{i}", status)
         ctx.tenant, ctx.degraded, ctx.wall_time = tenant, degraded, 1000.0 + i
         ctx.runs.append(run("digits@1", "small", 1, 4, 0.002))
-        receipts.append(build_receipt(ctx, PRICES))
+        receipts.append(record_of(ctx, PRICES))
     assert store.add_receipts(receipts) == 4
     assert len(store.receipts_for("same-id")) == 2  # a reused id keeps both, newest first
     assert store.receipts_for("same-id")[0]["degraded"] is True

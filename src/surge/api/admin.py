@@ -90,7 +90,11 @@ async def endpoints(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     state, _ = _authorized(request)
-    return _json(_rollouts(state).status(request.path_params["endpoint"]))
+    doc = _rollouts(state).status(request.path_params["endpoint"])
+    drift = state.observer.drift
+    for version in doc["versions"]:  # None: not watched (drift off, or a shadow)
+        version["drift"] = drift.describe(doc["endpoint"], version["version"]) if drift else None
+    return _json(doc)
 
 
 async def deploy(request: Request) -> Response:

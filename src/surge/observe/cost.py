@@ -41,20 +41,20 @@ class CostLedger:
         self._lock = threading.Lock()
         self.totals: dict[tuple[str, str, str], Totals] = {}  # (endpoint, version, tenant)
 
-    def add(self, receipts: list[dict[str, Any]]) -> None:
+    def add(self, records: list[dict[str, Any]]) -> None:
+        """Add receipt records (`observe.receipt.record_of`: runs priced already)."""
         with self._lock:
-            for receipt in receipts:
-                tenant = receipt.get("tenant") or NO_TENANT
-                for run in receipt["runs"]:
-                    model = run["model"]
-                    key = (run["endpoint"], model.rpartition("@")[2], tenant)
+            for record in records:
+                tenant = record["tenant"] or NO_TENANT
+                for run in record["runs"]:
+                    key = (run["endpoint"], run["version"], tenant)
                     totals = self.totals.get(key)
                     if totals is None:
                         totals = self.totals[key] = Totals()
                     totals.requests += 1
                     totals.rows += run["rows"]
-                    totals.compute_s += run["compute_ms"] / 1000
-                    totals.cpu_s += run["cpu_ms"] / 1000
+                    totals.compute_s += run["compute_s"]
+                    totals.cpu_s += run["cpu_s"]
                     totals.cost += run["cost"]
                     totals.energy_j += run["energy_j"]
 

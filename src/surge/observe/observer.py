@@ -18,6 +18,8 @@ from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.observe.batch_watch import BatchWatch
 from surge.observe.cost import CostCollector, CostLedger
+from surge.observe.drift import ModelDriftRegistry, summarize
+from surge.observe.drift_metrics import DriftCollector
 from surge.observe.energy import EnergyMeter
 from surge.observe.metrics import Metrics
 from surge.observe.receipt import build_receipt
@@ -25,11 +27,9 @@ from surge.observe.receipts import ReceiptLog
 
 try:  # TEMPORARY while the modules land
     from surge.observe.access_log import AccessLog
-    from surge.observe.drift import ModelDriftRegistry, summarize
-    from surge.observe.drift_metrics import DriftCollector
     from surge.observe.tracing import build_tracer
 except ImportError:
-    AccessLog = ModelDriftRegistry = summarize = DriftCollector = build_tracer = None
+    AccessLog = build_tracer = None
 from surge.store.receipts import ReceiptTable
 from surge.store.registry import open_store
 
@@ -50,7 +50,7 @@ class Observer:
             self.receipts = ReceiptLog(
                 observability.receipts, self.prices, self.costs, _store_opener(url)
             )
-        self.drift = ModelDriftRegistry(observability.drift) if ModelDriftRegistry else None
+        self.drift = ModelDriftRegistry(observability.drift)
         self.tracer = build_tracer(observability.tracing) if build_tracer else None
         self.access = AccessLog(observability.logs) if AccessLog else None
         self.stage_timing = observability.stage_timing
@@ -68,8 +68,7 @@ class Observer:
                 receipts.counts if receipts is not None else lambda: (0, 0),
             )
         )
-        if DriftCollector:
-            self.metrics.registry.register(DriftCollector(self.drift))
+        self.metrics.registry.register(DriftCollector(self.drift))
 
     def watch_for(self, endpoint: str, version: str, shadow: bool) -> BatchWatch | None:
         """The hooks a deployment of `endpoint`@`version` runs around its batches."""

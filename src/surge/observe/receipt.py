@@ -1,8 +1,12 @@
-"""A request's receipt, built from its context: where the time went, what ran, why, what it
-cost and how much energy it took, in plain fields.
+"""A request's receipt: where the time went, what ran, why, what it cost and how much
+energy it took, in plain fields.
 
-Pure: `build_receipt` reads a finished context and the price list and returns a JSON-able
-dict. The receipt writer calls it on its own thread, off the request path.
+Two steps, so the cost lands where it can be afforded:
+- `record_of(ctx, prices)` on the writer's thread for every request: the context's facts
+  and each run's price, as a compact dict (what is stored, as JSON). Cheap: no
+  formatting, no rounding, one small dict.
+- `render(record)` when someone reads a receipt (the admin API, the CLI, the dashboard,
+  the inline header): the plain fields, stage durations, totals and the "why" sentence.
 """
 
 from __future__ import annotations
@@ -25,94 +29,129 @@ LEGS = (
 FREE = CostConfig()
 
 
-def stage_ms(ctx: RequestContext) -> dict[str, float]:
+def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, Any]:
+    """The stored form of a finished request. Each run is priced here, at the prices in
+    force when it ran, so a later price change never rewrites an old receipt."""
+    runs = list(ctx.runs)  # a copy: a shadow run may still be appended meanwhile
+    currency = None
+    for run in runs:
+        if "cost" not in run:
+            price = prices.get(run["endpoint"], FREE)
+            run["cost"] = run["compute_s"] * price.per_compute_second + run["rows"] * price.per_item
+            run["currency"] = price.currency
+        currency = currency or run["currency"]
+    return {
+        "id": ctx.request_id,
+        "endpoint": ctx.endpoint,
+        "tenant": ctx.tenant,
+        "status": ctx.status,
+        "error": ctx.error,
+        "wall": ctx.wall_time,
+        "received": ctx.received,
+        "stamps": ctx.stamps,
+        "runs": runs,
+        "decisions": ctx.decisions,
+        "degraded": ctx.degraded,
+        "needs_review": ctx.needs_review,
+        "cache_hit": ctx.cache_hit,
+        "currency": currency or FREE.currency,
+    }
+
+
+def columns(record: dict[str, Any]) -> dict[str, Any]:
+    """What the store indexes and sums, straight from a record."""
+    runs = record["runs"]
+    live = [r for r in runs if r["role"] == "live"]
+    responded = record["stamps"].get("responded")
+    return {
+        "served_by": live[-1]["model"] if live and record["status"] == 200 else None,
+        "escalated": any(d.get("action") == "escalate" for d in record["decisions"]),
+        "cost": sum(r["cost"] for r in runs),
+        "compute_s": sum(r["compute_s"] for r in runs),
+        "energy_j": sum(r["energy_j"] for r in runs),
+        "total_ms": (responded - record["received"]) * 1000 if responded is not None else 0.0,
+    }
+
+
+def stage_ms(stamps: dict[str, float], received: float) -> dict[str, float]:
     out: dict[str, float] = {}
-    prev = ctx.received
+    prev = received
     for stage, name in LEGS:
-        t = ctx.stamps.get(stage)
+        t = stamps.get(stage)
         if t is not None:
             out[name] = round((t - prev) * 1000, 3)
             prev = t
     return out
 
 
-def run_cost(run: dict[str, Any], price: CostConfig) -> float:
-    return run["compute_s"] * price.per_compute_second + run["rows"] * price.per_item
-
-
-def build_receipt(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, Any]:
-    runs = []
-    currency = None
-    total_cost = compute_s = cpu_s = joules = 0.0
-    sources: set[str] = set()
-    for run in list(ctx.runs):  # a copy: a shadow run may still be appended meanwhile
-        price = prices.get(run["endpoint"], FREE)
-        currency = currency or price.currency
-        cost = run_cost(run, price)
-        total_cost += cost
-        compute_s += run["compute_s"]
-        cpu_s += run["cpu_s"]
-        joules += run["energy_j"]
-        if run["energy_source"]:
-            sources.add(run["energy_source"])
-        runs.append(
-            {
-                "model": run["model"],
-                "endpoint": run["endpoint"],
-                "role": run["role"],
-                "rows": run["rows"],
-                "batch_rows": run["batch_rows"],
-                "share_of_batch": round(run["rows"] / run["batch_rows"], 4),
-                "compute_ms": round(run["compute_s"] * 1000, 4),
-                "queue_ms": round(run["queue_s"] * 1000, 3),
-                "cpu_ms": round(run["cpu_s"] * 1000, 4),
-                "energy_j": run["energy_j"],
-                "cost": cost,
-            }
-        )
+def render(record: dict[str, Any]) -> dict[str, Any]:
+    """The receipt as people read it."""
+    totals = columns(record)
+    runs = [
+        {
+            "model": run["model"],
+            "endpoint": run["endpoint"],
+            "role": run["role"],
+            "rows": run["rows"],
+            "batch_rows": run["batch_rows"],
+            "share_of_batch": round(run["rows"] / run["batch_rows"], 4),
+            "compute_ms": round(run["compute_s"] * 1000, 4),
+            "queue_ms": round(run["queue_s"] * 1000, 3),
+            "cpu_ms": round(run["cpu_s"] * 1000, 4),
+            "energy_j": run["energy_j"],
+            "cost": run["cost"],
+        }
+        for run in record["runs"]
+    ]
     live = [r for r in runs if r["role"] == "live"]
     final = live[-1] if live else None
-    escalated = any(d.get("action") == "escalate" for d in ctx.decisions)
-    responded = ctx.stamps.get("responded")
-    total_ms = (responded - ctx.received) * 1000 if responded is not None else 0.0
+    sources = sorted({r["energy_source"] for r in record["runs"] if r["energy_source"]})
     return {
-        "id": ctx.request_id,
-        "time": datetime.fromtimestamp(ctx.wall_time, UTC).isoformat(timespec="milliseconds"),
-        "time_epoch": ctx.wall_time,
-        "endpoint": ctx.endpoint,
-        "tenant": ctx.tenant,
-        "status": ctx.status,
-        "error": ctx.error,
-        "served_by": final["model"] if final and ctx.status == 200 else None,
+        "id": record["id"],
+        "time": datetime.fromtimestamp(record["wall"], UTC).isoformat(timespec="milliseconds"),
+        "time_epoch": record["wall"],
+        "endpoint": record["endpoint"],
+        "tenant": record["tenant"],
+        "status": record["status"],
+        "error": record["error"],
+        "served_by": totals["served_by"],
         "models": [f"{r['model']} ({r['role']})" for r in runs],
-        "total_ms": round(total_ms, 3),
-        "stages_ms": stage_ms(ctx),
+        "total_ms": round(totals["total_ms"], 3),
+        "stages_ms": stage_ms(record["stamps"], record["received"]),
         "queue_ms": round(sum(r["queue_ms"] for r in live), 3),
         "batch_rows": final["batch_rows"] if final else None,
         "compute_ms": round(sum(r["compute_ms"] for r in live), 4),
         "runs": runs,
-        "decisions": ctx.decisions,
-        "why": explain(ctx, final["model"] if final else None, escalated),
-        "escalated": escalated,
-        "degraded": ctx.degraded,
-        "needs_review": ctx.needs_review,
-        "cache_hit": ctx.cache_hit,
+        "decisions": record["decisions"],
+        "why": explain(record, totals["served_by"], totals["escalated"]),
+        "escalated": totals["escalated"],
+        "degraded": record["degraded"],
+        "needs_review": record["needs_review"],
+        "cache_hit": record["cache_hit"],
         "cost": {
-            "total": total_cost,
-            "currency": currency or FREE.currency,
-            "compute_s": compute_s,
+            "total": totals["cost"],
+            "currency": record["currency"],
+            "compute_s": totals["compute_s"],
         },
-        "energy": {"joules": joules, "cpu_s": cpu_s, "source": "+".join(sorted(sources)) or None},
+        "energy": {
+            "joules": totals["energy_j"],
+            "cpu_s": sum(r["cpu_s"] for r in record["runs"]),
+            "source": "+".join(sources) or None,
+        },
     }
 
 
-def explain(ctx: RequestContext, final: str | None, escalated: bool) -> str:
+def build_receipt(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, Any]:
+    return render(record_of(ctx, prices))
+
+
+def explain(record: dict[str, Any], served_by: str | None, escalated: bool) -> str:
     """One sentence per decision, in order, then the outcome: the receipt's plain answer
     to "why did this request go where it went"."""
-    parts = [f"{d['policy']}: {d['reason']} -> {d['choice']}" for d in ctx.decisions]
-    if ctx.status != 200:
-        parts.append(f"answered {ctx.status} ({ctx.error or 'error'})")
-    elif final is not None:
-        flags = [f for f, on in (("escalated", escalated), ("degraded", ctx.degraded)) if on]
-        parts.append(f"answered by {final}" + (f" ({', '.join(flags)})" if flags else ""))
+    parts = [f"{d['policy']}: {d['reason']} -> {d['choice']}" for d in record["decisions"]]
+    if record["status"] != 200:
+        parts.append(f"answered {record['status']} ({record['error'] or 'error'})")
+    elif served_by is not None:
+        flags = [f for f, on in (("escalated", escalated), ("degraded", record["degraded"])) if on]
+        parts.append(f"answered by {served_by}" + (f" ({', '.join(flags)})" if flags else ""))
     return "; ".join(parts)

@@ -20,7 +20,7 @@ from typing import Any
 from surge.config_observe import CostConfig, ReceiptsConfig
 from surge.core.context import RequestContext
 from surge.observe.cost import CostLedger
-from surge.observe.receipt import build_receipt
+from surge.observe.receipt import record_of, render
 from surge.store.receipts import ReceiptFilter, ReceiptTable
 
 log = logging.getLogger("surge.receipts")
@@ -43,7 +43,7 @@ class ReceiptLog:
         self._open_store = open_store
         self.store: ReceiptTable | None = None
         self._buffer: deque[RequestContext] = deque()
-        self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)
+        self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)  # records
         self.written = 0
         self.dropped = {"buffer_full": 0, "store_error": 0}
         self._flushing = asyncio.Lock()
@@ -100,18 +100,18 @@ class ReceiptLog:
             await asyncio.to_thread(self._write, batch)
 
     def _write(self, batch: list[RequestContext]) -> None:
-        receipts = [build_receipt(ctx, self.prices) for ctx in batch]
+        records = [record_of(ctx, self.prices) for ctx in batch]
         assert self.store is not None
         try:
-            self.store.add_receipts(receipts)
+            self.store.add_receipts(records)
         except Exception as exc:
-            self.dropped["store_error"] += len(receipts)
-            log.warning("could not store %d receipts: %s", len(receipts), exc)
+            self.dropped["store_error"] += len(records)
+            log.warning("could not store %d receipts: %s", len(records), exc)
         else:
-            self.written += len(receipts)
+            self.written += len(records)
         # Costs count what was answered, stored or not: the bill is not the log.
-        self.ledger.add(receipts)
-        self._latest.extend(receipts)
+        self.ledger.add(records)
+        self._latest.extend(records)
 
     def _sweep(self) -> None:
         assert self.store is not None
@@ -123,7 +123,7 @@ class ReceiptLog:
 
     def latest(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest receipts, newest first, from memory (the dashboard polls this)."""
-        return list(self._latest)[-limit:][::-1]
+        return [render(record) for record in list(self._latest)[-limit:][::-1]]
 
     async def lookup(self, request_id: str) -> list[dict[str, Any]]:
         await self.flush()

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from surge.store.schema import decode_json, encode_json
+import orjson
+
+from surge.observe.receipt import columns, render
+from surge.store.schema import decode_json
 
 T = TypeVar("T")
 
@@ -54,22 +57,24 @@ class ReceiptFilter:
         return (f"WHERE {' AND '.join(conditions)} " if conditions else ""), tuple(params)
 
 
-def receipt_row(receipt: dict[str, Any]) -> tuple[Any, ...]:
-    """The indexed columns of a receipt (see schema.py), then its JSON."""
+def receipt_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The indexed columns of a receipt record (see schema.py), then the record as JSON
+    (orjson: this runs for every request; NaN, which JSON lacks, becomes null)."""
+    c = columns(record)
     return (
-        receipt["id"],
-        receipt["time_epoch"],
-        receipt["endpoint"],
-        receipt.get("tenant"),
-        receipt["status"],
-        receipt.get("served_by"),
-        int(bool(receipt.get("escalated"))),
-        int(bool(receipt.get("degraded"))),
-        receipt["cost"]["total"],
-        receipt["cost"]["compute_s"],
-        receipt["energy"]["joules"],
-        receipt["total_ms"],
-        encode_json(receipt),
+        record["id"],
+        record["wall"],
+        record["endpoint"],
+        record["tenant"],
+        record["status"],
+        c["served_by"],
+        int(c["escalated"]),
+        int(record["degraded"]),
+        c["cost"],
+        c["compute_s"],
+        c["energy_j"],
+        c["total_ms"],
+        orjson.dumps(record).decode(),
     )
 
 
@@ -84,10 +89,11 @@ class ReceiptTable:
 
         def _write(self, work: Callable[[Any], T]) -> T: ...
 
-    def add_receipts(self, receipts: list[dict[str, Any]]) -> int:
-        if not receipts:
+    def add_receipts(self, records: list[dict[str, Any]]) -> int:
+        """Store receipt records (`observe.receipt.record_of`); read back rendered."""
+        if not records:
             return 0
-        rows = [receipt_row(r) for r in receipts]
+        rows = [receipt_row(r) for r in records]
         values = ", ".join(["?"] * 12 + ["{j}"])
         sql = self._sql(f"INSERT INTO {{t}} ({_COLUMNS}, body) VALUES ({values})")
 
@@ -104,7 +110,7 @@ class ReceiptTable:
             "SELECT CAST(body AS TEXT) FROM {t} WHERE request_id = ? ORDER BY seq DESC LIMIT 20"
         )
         rows = self._read(lambda conn: conn.execute(sql, (request_id,)).fetchall())
-        return [decode_json(body) for (body,) in rows]
+        return [render(decode_json(body)) for (body,) in rows]
 
     def list_receipts(self, selection: ReceiptFilter) -> list[dict[str, Any]]:
         where, params = selection.where()
@@ -115,7 +121,7 @@ class ReceiptTable:
         rows = self._read(
             lambda conn: conn.execute(sql, (*params, max(0, selection.limit))).fetchall()
         )
-        return [decode_json(body) for (body,) in rows]
+        return [render(decode_json(body)) for (body,) in rows]
 
     def summarize_receipts(self, selection: ReceiptFilter) -> dict[str, Any]:
         """Totals over the selection: what a tenant or endpoint was billed and burned."""
