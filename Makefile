@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench lint format build-demo clean
+.PHONY: serve test bench lint format build-demo clean browser-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,9 +36,20 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# Browser tests arrive with the dashboard; nothing to install yet.
+# The dashboard's browser test drives Debian's chromium through chromium-driver (no
+# browser download: nothing outside the package registries can be reached). Installed
+# when running as root; otherwise, or where apt fails, the browser test skips.
+BROWSER_PACKAGES := chromium chromium-driver
 browser-deps:
-	@true
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "chromium/chromium-driver missing (need root and apt-get to install them):" \
+			"the dashboard browser test will skip"; exit 0; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+			&& apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null 2>&1; } \
+		|| echo "could not install $(BROWSER_PACKAGES): the dashboard browser test will skip"
 
 clean:
 	rm -rf $(VENV) .surge

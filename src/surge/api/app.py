@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api import admin, feedback, openai, receipts, v2
+from surge.api import admin, dashboard, feedback, openai, receipts, v2
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.middleware import RequestIdMiddleware
 from surge.api.state import ServerState
@@ -53,6 +53,7 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
             *feedback.ROUTES,
             *admin.ROUTES,
             *receipts.ROUTES,
+            *dashboard.ROUTES,
             Route("/metrics", metrics),
         ],
         middleware=[
