@@ -213,3 +213,14 @@ def test_collector_renders_drift_metrics(rng):
     assert 'surge_model_drifting{endpoint="digits",version="1"} 1.0' in text
     assert 'surge_model_confidence_bucket{endpoint="digits",le="1.0",version="1"} 300.0' in text
     assert 'surge_model_confidence_count{endpoint="digits",version="1"} 300.0' in text
+
+
+def test_a_retired_version_stops_being_exported_once_no_deployment_uses_it():
+    registry = ModelDriftRegistry(DriftConfig())
+    first = registry.monitor_for("digits", "1")
+    second = registry.monitor_for("digits", "1")  # a redeploy beside the old one
+    assert first is second
+    registry.discard("digits", "1")  # the old deployment stops: the new one still serves
+    assert ("digits", "1") in registry.monitors
+    registry.discard("digits", "1")
+    assert ("digits", "1") not in registry.monitors

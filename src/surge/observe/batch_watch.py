@@ -25,3 +25,5 @@ class BatchWatch:
     # On the event loop with what `summarize` returned.
     observe: Callable[[Any], None] | None = None
     record_runs: bool = True  # append a run per request to its context (receipts)
+    # When the deployment stops for good (retired after a swap or rollback, or shutdown).
+    retire: Callable[[], None] | None = None

@@ -328,17 +328,28 @@ class ModelDriftRegistry:
     def __init__(self, config: DriftConfig) -> None:
         self.config = config
         self.monitors: dict[tuple[str, str], DriftMonitor] = {}
+        self._holders: dict[tuple[str, str], int] = {}  # deployments using each monitor
 
     def monitor_for(self, endpoint: str, version: str) -> DriftMonitor:
+        """The version's monitor; deployments of the same version (a redeploy beside the
+        old one during a swap) share it, and each one that takes it must `discard` it."""
         key = (endpoint, version)
         found = self.monitors.get(key)
         if found is None:
             found = self.monitors[key] = DriftMonitor(self.config)
+        self._holders[key] = self._holders.get(key, 0) + 1
         return found
 
     def discard(self, endpoint: str, version: str) -> None:
-        """Forget a version that no longer serves, so its figures stop being exported."""
-        self.monitors.pop((endpoint, version), None)
+        """A deployment of the version stopped; when none is left, its figures stop being
+        exported."""
+        key = (endpoint, version)
+        left = self._holders.get(key, 1) - 1
+        if left > 0:
+            self._holders[key] = left
+            return
+        self._holders.pop(key, None)
+        self.monitors.pop(key, None)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [

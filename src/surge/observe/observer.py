@@ -85,11 +85,17 @@ class Observer:
             return EnergyMeter(energy, replica_cores, cores)
 
         monitor = self.drift.monitor_for(endpoint, version) if drift_on else None
+
+        def retire() -> None:
+            if monitor is not None:
+                self.drift.discard(endpoint, version)
+
         return BatchWatch(
             meter=meter if record_runs else None,
             summarize=summarize if monitor is not None else None,
             observe=monitor.observe if monitor is not None else None,
             record_runs=record_runs,
+            retire=retire,
         )
 
     def energy_sources(self, endpoints: dict[str, Endpoint]) -> dict[str, str]:

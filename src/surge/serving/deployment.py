@@ -133,6 +133,8 @@ class Deployment:
 
     async def stop(self) -> None:
         self.state = "stopped"
+        if self.watch is not None and self.watch.retire is not None:
+            self.watch.retire()
         if self._driver:
             self._driver.cancel()
         for request in self.batcher.take_all():
