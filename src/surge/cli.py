@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.workers:
         server.workers = args.workers
-    configure_logging(server.log_level)
+    configure_logging(server.log_level, config.observability.logs.format)
     if args.config is None:
         from surge.demo.build import ensure_demo_models
 
@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": server.access_log,
         "timeout_graceful_shutdown": server.shutdown_grace_s,
         "lifespan": "on",
+        # uvicorn's own lines go through surge's handler (JSON by default), not its own.
+        "log_config": None,
     }
     if server.workers == 1:
         uvicorn.run(create_app(config), **common)

@@ -91,5 +91,5 @@ def _drain_on_sigterm(state: ServerState) -> None:
 def app_from_env() -> Starlette:
     """Factory for multi-worker mode: each worker process builds its own app."""
     config = load_worker_config()
-    configure_logging(config.server.log_level)
+    configure_logging(config.server.log_level, config.observability.logs.format)
     return create_app(config)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from surge.config import Config
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
+from surge.observe.access_log import AccessLog
 from surge.observe.batch_watch import BatchWatch
 from surge.observe.cost import CostCollector, CostLedger
 from surge.observe.drift import ModelDriftRegistry, summarize
@@ -24,12 +25,7 @@ from surge.observe.energy import EnergyMeter
 from surge.observe.metrics import Metrics
 from surge.observe.receipt import build_receipt
 from surge.observe.receipts import ReceiptLog
-
-try:  # TEMPORARY while the modules land
-    from surge.observe.access_log import AccessLog
-    from surge.observe.tracing import build_tracer
-except ImportError:
-    AccessLog = build_tracer = None
+from surge.observe.tracing import build_tracer
 from surge.store.receipts import ReceiptTable
 from surge.store.registry import open_store
 
@@ -51,8 +47,8 @@ class Observer:
                 observability.receipts, self.prices, self.costs, _store_opener(url)
             )
         self.drift = ModelDriftRegistry(observability.drift)
-        self.tracer = build_tracer(observability.tracing) if build_tracer else None
-        self.access = AccessLog(observability.logs) if AccessLog else None
+        self.tracer = build_tracer(observability.tracing)
+        self.access = AccessLog(observability.logs)
         self.stage_timing = observability.stage_timing
         self.inline_header = observability.receipts.inline_header.lower().encode("latin-1")
         self.metrics = metrics
@@ -139,8 +135,7 @@ class Observer:
             self.receipts.submit(ctx)
         if self.tracer is not None:
             self.tracer.record(ctx)
-        if self.access:
-            self.access.maybe_log(ctx)
+        self.access.maybe_log(ctx)
         if headers.get(self.inline_header) == "1":
             # ASCII-only JSON: a header value must be latin-1, and reasons may not be.
             return json.dumps(build_receipt(ctx, self.prices), separators=(",", ":"))

@@ -9,6 +9,9 @@ endpoint in a fallback route to get a circuit breaker and a local alternative.
 
 Warm-up sends nothing: a remote that is down at start must not stop this server from
 starting; the latency model learns from the first real batches.
+
+Each call carries `outbound_headers` (the trace context of the batch's request, set by
+the replica before `run`), so the remote's spans join the caller's trace.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ class UpstreamRuntime(Runtime):
              "data": [v.decode() if isinstance(v, bytes) else v for v in value.ravel().tolist()]}
             for name, value in inputs.items()
         ]}  # fmt: skip
-        answer = self.client.post(f"/v2/models/{self.remote_model}/infer", json=body)
+        answer = self.client.post(
+            f"/v2/models/{self.remote_model}/infer", json=body, headers=self.outbound_headers
+        )
         doc = self._check(answer)
         return {
             o["name"]: from_json(o["name"], o["datatype"], o["data"], tuple(o["shape"]))
@@ -75,7 +80,9 @@ class UpstreamRuntime(Runtime):
     def _embeddings(self, inputs: Tensors) -> Tensors:
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in inputs["text"]]
         answer = self.client.post(
-            "/v1/embeddings", json={"model": self.remote_model, "input": texts}
+            "/v1/embeddings",
+            json={"model": self.remote_model, "input": texts},
+            headers=self.outbound_headers,
         )
         doc = self._check(answer)
         vectors = np.asarray([item["embedding"] for item in doc["data"]], dtype=np.float32)
