@@ -74,7 +74,13 @@ class ServerProcess:
         proc = psutil.Process(self.pid)
         total = proc.cpu_times()
         main = next((t.user_time + t.system_time for t in proc.threads() if t.id == self.pid), 0.0)
-        return CpuSample(time.monotonic(), main, total.user + total.system - main)
+        other = total.user + total.system - main
+        # Helper processes the server started (the receipt sink) are the server's work too.
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                other += child_times.user + child_times.system
+        return CpuSample(time.monotonic(), main, other)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -313,6 +313,9 @@ def load_config(path: Path | None = None) -> Config:
         # demo, whose models are built into the working directory.
         config.model_repository = (source.parent / config.model_repository).resolve()
         config.registry_url = _relative_sqlite(config.registry_url, source.parent)
+        receipts = config.observability.receipts
+        if receipts.url:
+            receipts.url = _relative_sqlite(receipts.url, source.parent)
     _add_env_admin_key(config)
     return config
 

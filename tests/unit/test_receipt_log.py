@@ -113,32 +113,47 @@ def test_without_rapl_energy_is_cpu_time_times_watts_per_core(tmp_path):
     assert energy.joules == pytest.approx(energy.cpu_s * 20.0)
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
+def test_a_full_buffer_drops_and_counts_instead_of_waiting(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
 
-    def add_receipts(self, receipts: list[dict]) -> int:
-        self.rows += receipts
-        return len(receipts)
+    async def scenario() -> tuple[ReceiptLog, list[str], tuple[int, int]]:
+        log = ReceiptLog(
+            ReceiptsConfig(buffer=3), PRICES, CostLedger(PRICES), lambda: open_store(url), url
+        )
+        await log.start()  # the writer's own rounds run too: the test drives flushes as well
+        try:
+            for i in range(5):
+                log.submit(finished_ctx(f"r{i}"))
+            await log.flush()
+            log.submit(finished_ctx("r5"))
+            stored = [r["id"] for r in await log.search(ReceiptFilter())]
+            return log, stored, log.counts()
+        finally:
+            await log.stop()
 
-
-def test_a_full_buffer_drops_and_counts_instead_of_waiting():
-    store = MemoryStore()
-
-    async def scenario() -> ReceiptLog:
-        log = ReceiptLog(ReceiptsConfig(buffer=3), PRICES, CostLedger(PRICES), lambda: store)
-        log.store = store  # opened: no writer task, flushes are driven by hand
-        for i in range(5):
-            log.submit(finished_ctx(f"r{i}"))
-        await log.flush()
-        log.submit(finished_ctx("r5"))
-        await log.flush()
-        return log
-
-    log = asyncio.run(scenario())
-    assert [r["id"] for r in store.rows] == ["r0", "r1", "r2", "r5"]
-    assert log.counts() == (4, 2)
+    log, stored, counts = asyncio.run(scenario())
+    assert sorted(stored) == ["r0", "r1", "r2", "r5"]  # stored by the sink process
+    assert counts == (4, 2)  # 4 stored, 2 dropped when the buffer was full
     assert [r["id"] for r in log.latest(2)] == ["r5", "r2"]
+
+
+def test_a_sink_that_cannot_store_counts_the_loss(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+
+    async def scenario() -> tuple[int, int]:
+        log = ReceiptLog(ReceiptsConfig(), PRICES, CostLedger(PRICES), lambda: open_store(url), url)
+        await log.start()
+        (tmp_path / "r.db").unlink()  # the sink opens its own file: point it nowhere writable
+        log.sink.url = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x' / 'r.db'}"
+        (tmp_path / "missing").write_text("a file where a directory should be")
+        try:
+            log.submit(finished_ctx("lost"))
+            await log.flush(settle=True)
+            return log.counts()
+        finally:
+            await log.stop()
+
+    assert asyncio.run(scenario()) == (0, 1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

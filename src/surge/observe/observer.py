@@ -44,7 +44,7 @@ class Observer:
         if observability.receipts.enabled:
             url = observability.receipts.url or config.registry_url
             self.receipts = ReceiptLog(
-                observability.receipts, self.prices, self.costs, _store_opener(url)
+                observability.receipts, self.prices, self.costs, _store_opener(url), url
             )
         self.drift = ModelDriftRegistry(observability.drift)
         self.tracer = build_tracer(observability.tracing)

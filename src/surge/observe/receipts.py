@@ -2,9 +2,11 @@
 
 A finished request's context is appended to the buffer (one deque append; when the
 buffer is full the receipt is counted as dropped, never waited for). Every
-`flush_interval_s` the writer takes everything buffered and, on a worker thread,
-builds the receipts, stores them in one transaction and adds them to the cost ledger.
-Building late has a benefit: a shadow copy that finished meanwhile is on the receipt.
+`flush_interval_s` the writer takes everything buffered and, on a worker thread, turns
+each context into a compact record, adds it to the cost ledger and sends the batch as
+one frame to the receipt sink, a child process that stores it (sink_client.py says
+why a process). Building late has a benefit: a shadow copy that finished meanwhile
+is on the receipt. Reads (the admin API) use a store connection of this process.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from surge.config_observe import CostConfig, ReceiptsConfig
 from surge.core.context import RequestContext
 from surge.observe.cost import CostLedger
 from surge.observe.receipt import record_of, render
+from surge.observe.sink_client import SinkClient
 from surge.store.receipts import ReceiptFilter, ReceiptTable
 
 log = logging.getLogger("surge.receipts")
 
 RETENTION_SWEEP_S = 60.0  # how often receipts past the retention are deleted
 LATEST_KEPT = 100  # the newest receipts kept in memory for the dashboard
+SETTLE_TIMEOUT_S = 10.0  # a read waits at most this long for the sink to catch up
 
 
 class ReceiptLog:
@@ -36,16 +40,17 @@ class ReceiptLog:
         prices: dict[str, CostConfig],
         ledger: CostLedger,
         open_store: Callable[[], ReceiptTable],
+        url: str,
     ) -> None:
         self.config = config
         self.prices = prices
         self.ledger = ledger
         self._open_store = open_store
-        self.store: ReceiptTable | None = None
+        self.store: ReceiptTable | None = None  # for reads
+        self.sink = SinkClient(url)  # for writes
         self._buffer: deque[RequestContext] = deque()
         self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)  # records
-        self.written = 0
-        self.dropped = {"buffer_full": 0, "store_error": 0}
+        self.buffer_full = 0
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -53,12 +58,13 @@ class ReceiptLog:
 
     def submit(self, ctx: RequestContext) -> None:
         if len(self._buffer) >= self.config.buffer:
-            self.dropped["buffer_full"] += 1
+            self.buffer_full += 1
             return
         self._buffer.append(ctx)
 
     def counts(self) -> tuple[int, int]:
-        return self.written, sum(self.dropped.values())
+        """(stored, dropped): dropped counts a full buffer and a failed store alike."""
+        return self.sink.written, self.buffer_full + self.sink.failed
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -72,6 +78,7 @@ class ReceiptLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()  # what was answered before shutdown is still receipted
+        await asyncio.to_thread(self.sink.close)
         if self.store is not None:
             close = getattr(self.store, "close", None)
             if close is not None:
@@ -85,39 +92,29 @@ class ReceiptLog:
                 await self.flush()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + RETENTION_SWEEP_S
-                    await asyncio.to_thread(self._sweep)
+                    cutoff = time.time() - self.config.retention_s
+                    await asyncio.to_thread(self.sink.delete_before, cutoff)
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("receipt writer failed a round; it goes on")
 
-    async def flush(self) -> None:
-        """Write everything buffered now (the admin API calls this before a lookup, so a
-        request's receipt can be read as soon as its answer arrived)."""
+    async def flush(self, settle: bool = False) -> None:
+        """Send everything buffered now; with `settle`, also wait (bounded) until the sink
+        has stored it: the admin API does, so a request's receipt can be read as soon as
+        its answer arrived."""
         async with self._flushing:
-            if not self._buffer or self.store is None:
-                return
-            batch = list(self._buffer)
-            self._buffer.clear()
-            await asyncio.to_thread(self._write, batch)
+            if self._buffer and self.store is not None:
+                batch = list(self._buffer)
+                self._buffer.clear()
+                await asyncio.to_thread(self._write, batch)
+            if settle:
+                await asyncio.to_thread(self.sink.wait_settled, SETTLE_TIMEOUT_S)
 
     def _write(self, batch: list[RequestContext]) -> None:
         records = [record_of(ctx, self.prices) for ctx in batch]
-        assert self.store is not None
-        try:
-            self.store.add_receipts(records)
-        except Exception as exc:
-            self.dropped["store_error"] += len(records)
-            log.warning("could not store %d receipts: %s", len(records), exc)
-        else:
-            self.written += len(records)
+        self.sink.send(records)
         # Costs count what was answered, stored or not: the bill is not the log.
         self.ledger.add(records)
         self._latest.extend(records)
-
-    def _sweep(self) -> None:
-        assert self.store is not None
-        removed = self.store.delete_receipts_before(time.time() - self.config.retention_s)
-        if removed:
-            log.info("deleted %d receipts older than %.0f s", removed, self.config.retention_s)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -126,16 +123,16 @@ class ReceiptLog:
         return [render(record) for record in list(self._latest)[-limit:][::-1]]
 
     async def lookup(self, request_id: str) -> list[dict[str, Any]]:
-        await self.flush()
+        await self.flush(settle=True)
         assert self.store is not None
         return await asyncio.to_thread(self.store.receipts_for, request_id)
 
     async def search(self, selection: ReceiptFilter) -> list[dict[str, Any]]:
-        await self.flush()
+        await self.flush(settle=True)
         assert self.store is not None
         return await asyncio.to_thread(self.store.list_receipts, selection)
 
     async def summary(self, selection: ReceiptFilter) -> dict[str, Any]:
-        await self.flush()
+        await self.flush(settle=True)
         assert self.store is not None
         return await asyncio.to_thread(self.store.summarize_receipts, selection)
