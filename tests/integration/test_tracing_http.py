@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-STAGES = {"validate", "admit", "queue", "batch", "compute", "respond"}
+STAGES = {"validate", "route", "admit", "queue", "batch", "compute", "post_route", "respond"}
 DIGITS_TENSORS = {
     "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
     "outputs": [

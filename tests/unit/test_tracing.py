@@ -33,12 +33,15 @@ def context(traceparent: str | None = None, **stamps: float) -> RequestContext:
 
 FULL = {
     "validated": 100.001,
+    "routed": 100.0015,
     "admitted": 100.002,
     "batched": 100.005,
     "compute_start": 100.006,
     "compute_end": 100.016,
+    "post_routed": 100.0165,
     "responded": 100.018,
 }
+EVERY_LEG = ["validate", "route", "admit", "queue", "batch", "compute", "post_route", "respond"]
 
 
 @pytest.mark.parametrize(
@@ -134,12 +137,12 @@ def test_sampling_follows_the_caller_then_the_ratio(flags, ratio, draw, sampled,
     assert ctx.outbound_headers["traceparent"].endswith("-01" if sampled else "-00")
     tracer.record(ctx)
     tracer.flush()
-    assert len(exporter.get_finished_spans()) == (7 if sampled else 0)
+    assert len(exporter.get_finished_spans()) == (1 + len(EVERY_LEG) if sampled else 0)
 
 
 def test_stages_tile_the_request_and_skip_the_ones_it_never_reached():
     names = [name for name, _, _ in stage_spans(context(**FULL))]
-    assert names == ["validate", "admit", "queue", "batch", "compute", "respond"]
+    assert names == EVERY_LEG
     refused = stage_spans(context(validated=100.001, responded=100.003))
     assert refused == [("validate", 100.0, 100.001), ("respond", 100.001, 100.003)]
 
@@ -169,7 +172,7 @@ def test_record_writes_a_server_span_with_the_promised_ids_and_stage_children(ma
     assert attributes["surge.decisions"] == 1 and attributes["surge.tenant"] == "acme"
     assert attributes["http.response.status_code"] == 200
     assert [e.attributes["surge.batch_rows"] for e in server.events] == [4]
-    assert set(spans) == {"validate", "admit", "queue", "batch", "compute", "respond"}
+    assert set(spans) == set(EVERY_LEG)
     for child in spans.values():
         assert child.parent.span_id == server.context.span_id
         assert child.context.trace_id == server.context.trace_id
@@ -204,7 +207,7 @@ def test_later_spans_get_fresh_ids_not_the_pinned_ones(make_tracer):
     tracer.record(ctx)
     tracer.flush()
     ids = [span.context.span_id for span in exporter.get_finished_spans()]
-    assert len(set(ids)) == len(ids) == 7
+    assert len(set(ids)) == len(ids) == 1 + len(EVERY_LEG)
 
 
 def test_a_context_without_trace_state_records_nothing(make_tracer):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from surge.core.clock import monotonic
-from surge.core.context import RequestContext
+from surge.core.context import LEGS, RequestContext
 from surge.core.errors import SurgeError, bad_input
 from surge.routing.rules import RequestFacts
 
@@ -17,15 +17,6 @@ if TYPE_CHECKING:
     from surge.serving.endpoint import Endpoint
     from surge.serving.mode_driver import ModeDriver
 
-# Server-Timing names for the leg each stamp ends, in relay order.
-TIMING_LEGS = (
-    ("validated", "validate"),
-    ("admitted", "admit"),
-    ("batched", "queue"),
-    ("compute_start", "batch"),
-    ("compute_end", "compute"),
-    ("responded", "respond"),
-)
 
 
 def user_key(request: Request, endpoint: Endpoint, parameters: dict[str, Any]) -> str | None:
@@ -184,7 +175,7 @@ def server_timing(ctx: RequestContext) -> str:
     parts = []
     stamps = ctx.stamps
     prev = ctx.received
-    for stage, name in TIMING_LEGS:
+    for stage, name in LEGS:
         t = stamps.get(stage)
         if t is not None:
             parts.append(f"{name};dur={(t - prev) * 1000:.2f}")

@@ -120,6 +120,7 @@ async def embeddings(request: Request) -> Response:
             params = {"user": parsed.user} if parsed.user else {}
             facts = request_facts(request, len(parsed.texts), parsed.body_bytes, params)
         served = await target.infer(ctx, tensors, len(parsed.texts), facts)
+    ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
     outputs = served.outputs
     vectors = outputs["embedding"]

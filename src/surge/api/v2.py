@@ -107,6 +107,7 @@ async def infer(request: Request) -> Response:
         if target.needs_facts:
             facts = request_facts(request, parsed.rows, len(body), parsed.parameters)
         served = await target.infer(ctx, parsed.tensors, parsed.rows, facts)
+    ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
     payload, json_length = encode_infer_response(
         model_name=target.name,

@@ -11,16 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Stage names in relay order. A stage's duration is its stamp minus the previous stamp present.
-STAGES = (
-    "received",
-    "validated",
-    "admitted",
-    "batched",
-    "compute_start",
-    "compute_end",
-    "responded",
+# The legs of the relay, in order: (the stamp that ends the leg, the leg's name). A leg
+# runs from the previous stamp present to its own. "route" ends when a deployment takes
+# the request (after a cascade's first tier, for an escalated row: so the leg shows what
+# came before the final model); "post_route" from the model's answer back to the
+# adapter (splitting a batch, merging a cascade's tiers); "respond" is encoding.
+# Every reader (Server-Timing, receipts, traces) uses this one table.
+LEGS = (
+    ("validated", "validate"),
+    ("routed", "route"),
+    ("admitted", "admit"),
+    ("batched", "queue"),
+    ("compute_start", "batch"),
+    ("compute_end", "compute"),
+    ("post_routed", "post_route"),
+    ("responded", "respond"),
 )
+STAGES = ("received", *(stamp for stamp, _ in LEGS))
 
 
 @dataclass(slots=True)

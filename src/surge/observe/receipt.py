@@ -15,17 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from surge.config_observe import CostConfig
-from surge.core.context import RequestContext
+from surge.core.context import LEGS, RequestContext
 
-# Stage legs in relay order: (stamp that ends the leg, the leg's name).
-LEGS = (
-    ("validated", "validate"),
-    ("admitted", "admit"),
-    ("batched", "queue"),
-    ("compute_start", "batch"),
-    ("compute_end", "compute"),
-    ("responded", "respond"),
-)
 FREE = CostConfig()
 
 

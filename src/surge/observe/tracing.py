@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from surge.core.clock import monotonic
-from surge.core.context import STAGES, RequestContext
+from surge.core.context import LEGS, STAGES, RequestContext
 from surge.observe.traceparent import (
     TraceState,
     format_traceparent,
@@ -38,14 +38,7 @@ log = logging.getLogger(__name__)
 
 # The span of the leg that ends at each stamp (see `STAGES`): "queue" ends when the
 # batcher takes the request, "batch" when its batch starts computing.
-SPAN_OF_STAGE = {
-    "validated": "validate",
-    "admitted": "admit",
-    "batched": "queue",
-    "compute_start": "batch",
-    "compute_end": "compute",
-    "responded": "respond",
-}
+SPAN_OF_STAGE = dict(LEGS)
 
 
 def build_tracer(config: TracingConfig) -> Tracer | None:

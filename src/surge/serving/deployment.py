@@ -150,6 +150,7 @@ class Deployment:
 
     async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Tensors:
         now = self.clock()
+        ctx.stamp("routed", now)
         ctx.rows = rows
         try:
             admit(
