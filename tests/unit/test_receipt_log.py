@@ -14,6 +14,7 @@ from surge.observe.cost import CostLedger
 from surge.observe.energy import EnergyMeter, RaplCounters
 from surge.observe.receipt import build_receipt, record_of
 from surge.observe.receipts import ReceiptLog
+from surge.observe.sink_client import SinkClient
 from surge.store.receipts import ReceiptFilter
 from surge.store.registry import open_store
 
@@ -196,3 +197,24 @@ def test_the_store_filters_summarises_and_forgets_past_the_retention(store):
     assert totals["cost"] == pytest.approx(3 * (0.002 * 2.0 * 1 + 0.01))
     assert store.delete_receipts_before(1002.0) == 2
     assert [r["id"] for r in pick(ReceiptFilter())] == ["r3", "r2"]
+
+
+def test_the_sink_stores_batches_and_deletes_past_the_retention(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    store = open_store(url)
+    sink = SinkClient(url)
+    try:
+        records = []
+        for i in range(3):
+            ctx = finished_ctx(f"r{i}")
+            ctx.wall_time = 1000.0 + i
+            records.append(record_of(ctx, PRICES))
+        sink.send(records[:2])
+        sink.send(records[2:])
+        sink.delete_before(1001.5)  # the receipts of r0 and r1 are past the retention
+        assert sink.wait_settled(30)
+        assert (sink.written, sink.failed) == (3, 0)
+        assert [r["id"] for r in store.list_receipts(ReceiptFilter())] == ["r2"]
+    finally:
+        sink.close()
+        store.close()
