@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from surge.cli_rollouts import _call, _print
+from surge.cli_rollouts import _call, _print, common
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -27,17 +27,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     receipts.add_argument("--escalated", action="store_true", help="only escalated ones")
     receipts.add_argument("--limit", type=int, default=20)
     receipts.add_argument("--summary", action="store_true", help="totals instead of a list")
-    _common(receipts)
+    common(receipts)
     receipts.set_defaults(func=cmd_receipts)
     costs = sub.add_parser("costs", help="cost and energy per endpoint, with idle capacity")
-    _common(costs)
+    common(costs)
     costs.set_defaults(func=cmd_costs)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
-    parser.add_argument("--admin-key", help="admin key (default: SURGE_ADMIN_KEY)")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 
 def cmd_receipts(args: argparse.Namespace) -> int:

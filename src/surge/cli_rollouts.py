@@ -13,12 +13,14 @@ from typing import Any
 from surge.config import admin_key_from_env
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
-        parser.add_argument("--admin-key", help="admin key (default: SURGE_ADMIN_KEY)")
-        parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+def common(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that calls a running server's admin API."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
+    parser.add_argument("--admin-key", help="admin key (default: SURGE_ADMIN_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
     deploy = sub.add_parser("deploy", help="deploy a model version to an endpoint")
     deploy.add_argument("endpoint")
     deploy.add_argument("model")

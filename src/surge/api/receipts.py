@@ -12,12 +12,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from surge.api.admin import _authorized
+from surge.api.admin import _authorized, _json
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
 from surge.observe.receipts import ReceiptLog
@@ -25,10 +24,6 @@ from surge.store.receipts import ReceiptFilter
 
 MAX_LIMIT = 1000
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _json(payload: object) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _log(request: Request) -> ReceiptLog:
