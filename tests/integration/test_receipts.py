@@ -17,6 +17,9 @@ from rollout_helpers import rollout_repository
 from sklearn.datasets import load_digits
 from test_routes import SLOW_DIGITS, endpoint, python_version, v2_body
 
+from surge.store.receipts import ReceiptFilter
+from surge.store.registry import open_store
+
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PRICE = {"per_compute_second": 0.5, "per_item": 0.001, "currency": "EUR"}
 
@@ -179,3 +182,20 @@ def test_a_receipt_explains_escalation_and_degradation_in_plain_fields(backend, 
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
         assert f"hurried-{backend}" in listed and f"cascade-{backend}" not in listed
+
+
+def test_every_answer_is_receipted_even_when_the_server_stops_right_after(repo, tmp_path):
+    url = f"sqlite:///{tmp_path / 'receipts.db'}"
+    config = _config(repo, url)
+    config["observability"]["receipts"]["flush_interval_s"] = 30  # only the stop flushes
+    images = load_digits().data.astype(np.float32)
+    with run_server(config, tmp_path) as server, httpx.Client(base_url=server.url) as client:
+        for i in range(40):
+            r = client.post("/v2/models/smart/infer", json=v2_body(images[i : i + 1]))
+            assert r.status_code == 200
+        assert server.terminate() == 0  # SIGTERM: drain, flush receipts, stop the sink
+    store = open_store(url)
+    try:
+        assert store.summarize_receipts(ReceiptFilter(endpoint="smart"))["receipts"] == 40
+    finally:
+        store.close()

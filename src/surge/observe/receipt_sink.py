@@ -15,6 +15,7 @@ Protocol, both ways binary and line-simple:
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 from typing import BinaryIO
@@ -57,6 +58,10 @@ def serve(store: ReceiptTable, inbox: BinaryIO, outbox: BinaryIO) -> None:
 
 
 def main() -> None:
+    # Ctrl-C or a SIGTERM to the process group is the server's to handle: the sink stores
+    # what the server's last flush sends and exits when the server closes the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     url, namespace = sys.argv[1], sys.argv[2]
     store = open_store(url, namespace)
     assert isinstance(store, ReceiptTable)
