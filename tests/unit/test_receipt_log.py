@@ -118,9 +118,7 @@ def test_a_full_buffer_drops_and_counts_instead_of_waiting(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
 
     async def scenario() -> tuple[ReceiptLog, list[str], tuple[int, int]]:
-        log = ReceiptLog(
-            ReceiptsConfig(buffer=3), PRICES, CostLedger(PRICES), lambda: open_store(url), url
-        )
+        log = ReceiptLog(ReceiptsConfig(buffer=3), PRICES, CostLedger(PRICES), url)
         await log.start()  # the writer's own rounds run too: the test drives flushes as well
         try:
             for i in range(5):
@@ -142,7 +140,7 @@ def test_a_sink_that_cannot_store_counts_the_loss(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
 
     async def scenario() -> tuple[int, int]:
-        log = ReceiptLog(ReceiptsConfig(), PRICES, CostLedger(PRICES), lambda: open_store(url), url)
+        log = ReceiptLog(ReceiptsConfig(), PRICES, CostLedger(PRICES), url)
         await log.start()
         (tmp_path / "r.db").unlink()  # the sink opens its own file: point it nowhere writable
         log.sink.url = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x' / 'r.db'}"

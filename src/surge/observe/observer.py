@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from surge.config import Config
 from surge.core.clock import monotonic
@@ -26,8 +25,6 @@ from surge.observe.metrics import Metrics
 from surge.observe.receipt import build_receipt
 from surge.observe.receipts import ReceiptLog
 from surge.observe.tracing import build_tracer
-from surge.store.receipts import ReceiptTable
-from surge.store.registry import open_store
 
 if TYPE_CHECKING:
     from surge.serving.endpoint import Endpoint
@@ -43,9 +40,7 @@ class Observer:
         self.receipts: ReceiptLog | None = None
         if observability.receipts.enabled:
             url = observability.receipts.url or config.registry_url
-            self.receipts = ReceiptLog(
-                observability.receipts, self.prices, self.costs, _store_opener(url), url
-            )
+            self.receipts = ReceiptLog(observability.receipts, self.prices, self.costs, url)
         self.drift = ModelDriftRegistry(observability.drift)
         self.tracer = build_tracer(observability.tracing)
         self.access = AccessLog(observability.logs)
@@ -140,12 +135,3 @@ class Observer:
             # ASCII-only JSON: a header value must be latin-1, and reasons may not be.
             return json.dumps(build_receipt(ctx, self.prices), separators=(",", ":"))
         return None
-
-
-def _store_opener(url: str) -> Callable[[], ReceiptTable]:
-    def opener() -> Any:
-        # A store of its own (own connection, own lock): a burst of receipts never
-        # queues an admin change or a bandit sync behind it.
-        return open_store(url)
-
-    return opener

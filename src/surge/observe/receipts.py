@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from surge.config_observe import CostConfig, ReceiptsConfig
@@ -25,6 +24,7 @@ from surge.observe.cost import CostLedger
 from surge.observe.receipt import record_of, render
 from surge.observe.sink_client import SinkClient
 from surge.store.receipts import ReceiptFilter, ReceiptTable
+from surge.store.registry import open_store
 
 log = logging.getLogger("surge.receipts")
 
@@ -39,13 +39,12 @@ class ReceiptLog:
         config: ReceiptsConfig,
         prices: dict[str, CostConfig],
         ledger: CostLedger,
-        open_store: Callable[[], ReceiptTable],
         url: str,
     ) -> None:
         self.config = config
         self.prices = prices
         self.ledger = ledger
-        self._open_store = open_store
+        self.url = url
         self.store: ReceiptTable | None = None  # for reads
         self.sink = SinkClient(url)  # for writes
         self._buffer: deque[RequestContext] = deque()
@@ -69,7 +68,9 @@ class ReceiptLog:
     # -- the writer ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store = await asyncio.to_thread(self._open_store)
+        # Reads get a connection of this process (it also creates the schema); writes go
+        # to the sink, which opens its own.
+        self.store = await asyncio.to_thread(open_store, self.url)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="receipt-writer")
 
     async def stop(self) -> None:

@@ -12,11 +12,13 @@ Sans-IO like the policies: it reads plain numbers and takes `now` (monotonic sec
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surge.observe.metrics import LATENCY_BUCKETS_S, STAGES, EndpointMetrics
+
+if TYPE_CHECKING:
+    from surge.observe.observer import Observer
 
 QUANTILES = {"p50_ms": 0.5, "p95_ms": 0.95, "p99_ms": 0.99}
 RECEIPTS_SHOWN = 20
@@ -124,13 +126,7 @@ def _spend_by_endpoint(costs: list[dict[str, Any]]) -> dict[str, tuple[float, fl
 # -- sections --------------------------------------------------------------------------------
 
 
-def _observer_section(state: Any, read: Callable[[Any], list[dict[str, Any]]]) -> list:
-    """A section the observer provides, or [] when the server has no observer (yet)."""
-    observer = getattr(state, "observer", None)
-    return [] if observer is None else read(observer)
-
-
-def _receipts(observer: Any) -> list[dict[str, Any]]:
+def _receipts(observer: Observer) -> list[dict[str, Any]]:
     if observer.receipts is None:  # receipts switched off in the config
         return []
     rows = []
@@ -154,11 +150,6 @@ def _receipts(observer: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _drift(observer: Any) -> list[dict[str, Any]]:
-    drift = getattr(observer, "drift", None)
-    return [] if drift is None else drift.snapshot()
 
 
 def _mode(state: Any) -> dict[str, Any] | None:
@@ -261,7 +252,7 @@ def _spend_row(
     elapsed, then = window
     cost_rate = (now_sample.cost - (then.cost if then else 0.0)) / elapsed
     watts = (now_sample.energy_j - (then.energy_j if then else 0.0)) / elapsed
-    price = getattr(getattr(state, "observer", None), "prices", {}).get(name)
+    price = state.observer.prices.get(name)
     return {
         "endpoint": name,
         "currency": price.currency if price else "USD",
@@ -278,7 +269,7 @@ def build_snapshot(state: Any, now: float, rates: SnapshotRates | None = None) -
     """Everything the dashboard draws. `rates` carries the previous polls (keep one per
     server and pass it each time); without it rates and windows are unknown (None)."""
     rates = rates if rates is not None else SnapshotRates()
-    costs = _observer_section(state, lambda o: o.costs.snapshot(state.endpoints, now))
+    costs = state.observer.costs.snapshot(state.endpoints, now)
     spend = _spend_by_endpoint(costs)
     metrics = state.metrics
     samples = {
@@ -321,6 +312,6 @@ def build_snapshot(state: Any, now: float, rates: SnapshotRates | None = None) -
         "routes": _routes(state),
         "costs": costs,
         "spend": spend_rows,
-        "drift": _observer_section(state, _drift),
-        "receipts": _observer_section(state, _receipts),
+        "drift": state.observer.drift.snapshot(),
+        "receipts": _receipts(state.observer),
     }
