@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surge.config_observe import CostConfig, ObservabilityConfig
+from surge.routing.rollout import RolloutPolicy, check_steps_percent
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
 
@@ -64,35 +65,58 @@ class BatchingConfig(Strict):
         return self
 
 
+# The rollout policy's defaults are the config's: one copy of the numbers (routing/rollout.py).
+_ROLLOUT = RolloutPolicy()
+
+
 class RolloutConfig(Strict):
     """How the rollout controller steps a canary and when it rolls back (see routing/rollout.py)."""
 
     steps_percent: list[float] = Field(
-        default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0],
-        description="candidate's share of traffic at each step; the last must be 100",
+        default_factory=lambda: list(_ROLLOUT.steps_percent),
+        description="candidate's share of traffic at each step, strictly increasing in "
+        "(0, 100]; the last must be 100",
     )
-    min_requests: int = Field(100, ge=1, description="candidate requests a step needs to pass")
-    min_step_s: float = Field(30.0, ge=0, description="shortest time a step lasts")
+    min_requests: int = Field(
+        _ROLLOUT.min_requests, ge=1, description="candidate requests a step needs to pass"
+    )
+    min_step_s: float = Field(_ROLLOUT.min_step_s, ge=0, description="shortest time a step lasts")
     max_error_rate_margin: float = Field(
-        0.01, ge=0, le=1, description="candidate error rate may exceed stable's by this much"
+        _ROLLOUT.max_error_rate_margin,
+        ge=0,
+        le=1,
+        description="candidate error rate may exceed stable's by this much",
     )
-    max_p99_ratio: float = Field(1.5, gt=0, description="candidate p99 <= stable p99 x this")
+    max_p99_ratio: float = Field(
+        _ROLLOUT.max_p99_ratio, gt=0, description="candidate p99 <= stable p99 x this"
+    )
     min_latency_samples: int = Field(
-        100,
+        _ROLLOUT.min_latency_samples,
         ge=1,
         description="answers each version needs before p99s are compared (a p99 of fewer "
         "than 100 samples is just the slowest one)",
     )
     min_shadow_agreement: float = Field(
-        0.95, ge=0, le=1, description="shadowed candidate's agreement with the live answer"
+        _ROLLOUT.min_shadow_agreement,
+        ge=0,
+        le=1,
+        description="shadowed candidate's agreement with the live answer",
     )
     breach_min_requests: int = Field(
-        10, ge=1, description="requests (or comparisons) before a breach can trigger a rollback"
+        _ROLLOUT.breach_min_requests,
+        ge=1,
+        description="requests (or comparisons) before a breach can trigger a rollback",
     )
     evaluate_interval_s: float = Field(1.0, gt=0, description="how often the controller runs")
     retry_on_stable: bool = Field(
         True, description="retry a request that failed on the canary once on stable"
     )
+
+    @field_validator("steps_percent")
+    @classmethod
+    def _steps_drive_a_canary(cls, steps: list[float]) -> list[float]:
+        check_steps_percent(steps)  # the controller's own rule, checked at load
+        return steps
 
 
 class EndpointConfig(Strict):

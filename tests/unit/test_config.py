@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from surge.config import ConfigError, load_config
+from surge.config import ConfigError, RolloutConfig, load_config
+from surge.routing.rollout import RolloutPolicy
 from surge.serving.cores import plan_cores
 
 
@@ -60,6 +61,31 @@ def test_preferred_sizes_must_fit_the_batch(tmp_path):
     )
     with pytest.raises(ConfigError, match="preferred_batch_sizes"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("steps", "words"),
+    [("[50, 10]", "strictly increasing"),
+     ("[5, 50]", "last step must be 100"),
+     ("[0, 100]", "must lie in (0, 100]"),
+     ("[]", "at least one step")],
+)  # fmt: skip
+def test_bad_rollout_steps_are_refused_when_the_config_loads(tmp_path, steps, words):
+    # Not when someone deploys a canary: then it was a 500 with the candidate left loaded.
+    path = write(tmp_path, f"endpoints: {{e: {{rollout: {{steps_percent: {steps}}}}}}}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "endpoints.e.rollout.steps_percent:" in message
+    assert words in message
+
+
+def test_the_rollout_policy_is_built_from_the_config_with_the_same_defaults():
+    defaults = RolloutPolicy.from_config(RolloutConfig())
+    assert defaults == RolloutPolicy()
+    assert defaults.min_step_s == RolloutConfig().min_step_s
+    tuned = RolloutPolicy.from_config(RolloutConfig(steps_percent=[10, 100], min_step_s=2))
+    assert (tuned.steps_percent, tuned.min_step_s) == ((10, 100), 2)
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -10,33 +10,51 @@ Stages form a transition table; an event a stage does not allow raises
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from surge.config import RolloutConfig
+
+
+def check_steps_percent(steps: Sequence[float]) -> None:
+    """Raise ValueError unless `steps` can drive a canary: shares in (0, 100], strictly
+    increasing, ending at 100. The config schema runs this too, so a config with bad
+    steps is refused when it loads rather than when someone deploys a canary."""
+    if not steps:
+        raise ValueError("steps_percent needs at least one step")
+    if any(not 0 < s <= 100 for s in steps):
+        raise ValueError(f"steps_percent must lie in (0, 100], got {list(steps)}")
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError(f"steps_percent must be strictly increasing, got {list(steps)}")
+    if steps[-1] != 100:
+        raise ValueError(f"the last step must be 100 (the candidate takes all), got {steps[-1]}")
 
 
 @dataclass(frozen=True)
 class RolloutPolicy:
+    """The limits a rollout is judged by; `from_config` builds it from an endpoint's
+    `rollout:` section, whose fields document each limit. These defaults are the only
+    copy: the config schema takes its defaults from here."""
+
     steps_percent: tuple[float, ...] = (1, 5, 25, 50, 100)
     min_requests: int = 100
-    min_step_s: float = 10.0
+    min_step_s: float = 30.0
     max_error_rate_margin: float = 0.01
     max_p99_ratio: float = 1.5
     min_latency_samples: int = 100  # a p99 of fewer samples is just the slowest one
     min_shadow_agreement: float = 0.95
     breach_min_requests: int = 10
 
+    @classmethod
+    def from_config(cls, rollout: RolloutConfig) -> RolloutPolicy:
+        """The policy of an endpoint's rollout config (it has a field for each limit)."""
+        limits = {f.name: getattr(rollout, f.name) for f in fields(cls)}
+        return cls(**{**limits, "steps_percent": tuple(rollout.steps_percent)})
+
     def __post_init__(self) -> None:
-        steps = self.steps_percent
-        if not steps:
-            raise ValueError("steps_percent needs at least one step")
-        if any(not 0 < s <= 100 for s in steps):
-            raise ValueError(f"steps_percent must lie in (0, 100], got {list(steps)}")
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError(f"steps_percent must be strictly increasing, got {list(steps)}")
-        if steps[-1] != 100:
-            raise ValueError(
-                f"the last step must be 100 (the candidate takes all), got {steps[-1]}"
-            )
+        check_steps_percent(self.steps_percent)
         for name in ("min_requests", "min_step_s", "max_error_rate_margin", "min_latency_samples",
                      "breach_min_requests"):  # fmt: skip
             if getattr(self, name) < 0:

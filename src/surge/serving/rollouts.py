@@ -41,17 +41,17 @@ DEPLOY_MODES = ("swap", "canary", "shadow", "ab")
 
 
 def policy_of(config: Config, endpoint: str) -> RolloutPolicy:
-    r = config.endpoints[endpoint].rollout
-    return RolloutPolicy(
-        steps_percent=tuple(r.steps_percent),
-        min_requests=r.min_requests,
-        min_step_s=r.min_step_s,
-        max_error_rate_margin=r.max_error_rate_margin,
-        max_p99_ratio=r.max_p99_ratio,
-        min_latency_samples=r.min_latency_samples,
-        min_shadow_agreement=r.min_shadow_agreement,
-        breach_min_requests=r.breach_min_requests,
-    )
+    """The endpoint's rollout policy, or a 409 that names the config key to fix. The schema
+    refuses what the policy would, so only a config changed in memory since it was
+    validated can fail here; that is the server's config at fault, never a 500."""
+    try:
+        return RolloutPolicy.from_config(config.endpoints[endpoint].rollout)
+    except ValueError as exc:
+        raise SurgeError(
+            "invalid_config",
+            f"endpoints.{endpoint}.rollout cannot drive a rollout: {exc}; fix the config",
+            409,
+        ) from None
 
 
 class Rollouts:
@@ -209,6 +209,9 @@ class Rollouts:
                     f"({endpoint.stable.spec.version.ref}); deploy another version number",
                     409,
                 )
+            # Built before the candidate loads: a policy that cannot be built refuses the
+            # deploy with nothing loaded to clean up.
+            policy = policy_of(self.config, name) if mode in ("canary", "shadow") else None
             candidate = await self.versions.load(
                 name, {"model": model, "version": version}, shadow=mode == "shadow", actor=actor
             )
@@ -217,7 +220,6 @@ class Rollouts:
             except SurgeError:
                 await candidate.stop()
                 raise
-            policy = policy_of(self.config, name)
             now = self.clock()
             if mode == "swap":
                 self.versions.retire(endpoint.swap_stable(candidate))
@@ -228,6 +230,7 @@ class Rollouts:
                 endpoint.set_route("ab", candidate, share)
                 reason = f"sticky A/B on {endpoint.ab_key}: {share:g} % to v{version}"
             else:
+                assert policy is not None
                 controller = RolloutController(policy, stage=mode, step=0, step_started_at=now)
                 if mode == "canary" and percent is not None:
                     # --canary 5%: start at the first configured step at or above it.
