@@ -27,9 +27,13 @@ class PostgresRegistryStore(SqlRegistryStore):
     serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     # The row exists by then (inserted if missing), so every change of an endpoint queues here.
     lock_route = " FOR UPDATE"
-    # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog when
-    # several servers start at once; a lock per namespace makes them take turns.
-    schema_prelude = ("SELECT pg_advisory_xact_lock(hashtext('{v}'))",)
+    # Servers starting at once would otherwise migrate side by side (and even concurrent
+    # CREATE TABLE IF NOT EXISTS can collide in the catalog); a lock per namespace, held
+    # to the end of the migration's transaction, makes them take turns. The same key the
+    # releases before schema versions took, so they wait for a migration too.
+    migration_lock = ("SELECT pg_advisory_xact_lock(hashtext('{v}'))",)
+    # Resolved through the search_path, as the store's unqualified table names are.
+    table_exists = "SELECT COUNT(to_regclass(?))"
 
     def __init__(self, url: str, namespace: str = "surge") -> None:
         self.url = url
@@ -49,6 +53,9 @@ class PostgresRegistryStore(SqlRegistryStore):
                 f"cannot reach the registry at {redact(self.url)}: {exc}",
                 503,
             ) from exc
+
+    def _location(self) -> str:
+        return f"the registry at {redact(self.url)}"
 
     def _transaction(self, work: Callable[[Any], T]) -> T:
         with self._conn.transaction():

@@ -87,6 +87,11 @@ class RegistryStore(Protocol):
 
     def load_routes(self) -> dict[str, dict[str, Any]]: ...
 
+    def route_revisions(self) -> dict[str, int]:
+        """Each route's revision (the keys of `load_routes`): every write of a route adds
+        one, so a process that remembers them can tell which routes changed since."""
+        ...
+
     def apply_change(
         self,
         endpoint: str,
@@ -172,13 +177,14 @@ def checksum_conflict(model: str, version: str, stored: str, offered: str) -> Su
 
 
 def open_store(url: str, namespace: str = "surge") -> RegistryStore:
-    """Open (and create the schema of) the store `url` names.
+    """Open the store `url` names, creating or migrating its schema (`migrations.py`).
 
     `sqlite:///<path>` (relative or, with a fourth slash, absolute), `sqlite://:memory:`,
     `:memory:` or a bare path open SQLite; `postgresql://...` or `postgres://...` open
     PostgreSQL. Tables are named `<namespace>_versions`, `<namespace>_routes`,
-    `<namespace>_audit` and `<namespace>_reviews`, so several stores (or test runs) can
-    share one database.
+    `<namespace>_audit`, `<namespace>_reviews`, `<namespace>_receipts` and
+    `<namespace>_schema_version`, so several stores (or test runs) can share one database.
+    A database migrated by a newer surge is refused (`schema_too_new`).
     """
     if not _NAMESPACE.fullmatch(namespace):
         raise SurgeError(

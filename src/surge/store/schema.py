@@ -1,16 +1,35 @@
-"""The store's tables, in SQL both SQLite and PostgreSQL accept, and how a JSON value is
-written to and read back from them.
+"""The store's tables, as an ordered list of migrations, in SQL both SQLite and PostgreSQL
+accept; and how a JSON value is written to and read back from them.
 
-`{v}`, `{r}`, `{a}`, `{q}` and `{t}` are the namespaced table names; `{real}`, `{json_type}` and
-`{serial}` the column types each backend spells its own way.
+`{v}`, `{r}`, `{a}`, `{q}`, `{t}` and `{s}` are the namespaced table names; `{real}`,
+`{json_type}` and `{serial}` the column types each backend spells its own way.
+
+A schema change is a new migration at the end of `MIGRATIONS`, never an edit of one
+already released: databases out there were built by the released ones (`migrations.py`
+applies them). Keep migrations additive (a column with a default, a table, an index) so
+a server of the previous release, still running beside a new one during an upgrade, keeps
+working on the migrated tables; and let each statement name one table, so a table
+dropped by hand can be rebuilt by replaying its own statements.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-SCHEMA = (
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+# Version 1: the tables exactly as the releases before schema versions created them.
+# Every statement stays IF NOT EXISTS: on a database from such a release, applying it
+# creates only what that release lacked, which is how such a database is stamped.
+INITIAL_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS {v} (
         model TEXT NOT NULL,
         version TEXT NOT NULL,
@@ -68,6 +87,39 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS {t}_by_id ON {t} (request_id)",
     "CREATE INDEX IF NOT EXISTS {t}_by_time ON {t} (recorded_at)",
     "CREATE INDEX IF NOT EXISTS {t}_by_endpoint ON {t} (endpoint, recorded_at)",
+)
+
+# The columns version 1 gave each table: a database without a schema version is stamped
+# as version 1 only if its tables have at least these (a table of another shape is not
+# one a release made, and a migration written for version 1 could break it).
+INITIAL_COLUMNS = {
+    "v": ("model", "version", "checksum", "registered_at", "registered_by"),
+    "r": ("endpoint", "doc", "updated_at"),
+    "a": ("id", "recorded_at", "actor", "action", "endpoint", "before_doc", "after_doc", "reason"),
+    "q": (
+        "id", "endpoint", "request_id", "created_at", "inputs", "answer", "confidence",
+        "served_by", "label", "labelled_by", "labelled_at",
+    ),
+    "t": (
+        "seq", "request_id", "recorded_at", "endpoint", "tenant", "status", "served_by",
+        "escalated", "degraded", "cost", "compute_s", "energy_j", "total_ms", "body",
+    ),
+}  # fmt: skip
+
+# The store's tables, by the key its SQL names them with.
+TABLES = ("v", "r", "a", "q", "t")
+
+MIGRATIONS = (
+    Migration(1, "versions, routes, audit, review queue and receipts", INITIAL_SCHEMA),
+    # Processes that share a registry follow each route's revision: one integer compare
+    # tells a process whether the route it holds is still the latest. Rows written
+    # before it are revision 0, and every write adds one (sql.py), so a route's first
+    # write is revision 1. BIGINT: shared state rows are rewritten every few seconds.
+    Migration(
+        2,
+        "routes carry a revision that every write increments",
+        ("ALTER TABLE {r} ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",),
+    ),
 )
 
 

@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from surge.store.migrations import migrate
 from surge.store.receipts import ReceiptTable
 from surge.store.registry import (
     AuditEntry,
@@ -21,7 +22,7 @@ from surge.store.registry import (
     checksum_conflict,
 )
 from surge.store.review import ReviewQueue
-from surge.store.schema import SCHEMA, decode_json, encode_json
+from surge.store.schema import decode_json, encode_json
 
 T = TypeVar("T")
 
@@ -40,21 +41,29 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
     real = "REAL"
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"  # AUTOINCREMENT: ids never reused
     lock_route = ""  # appended to the SELECT of the route a change replaces
-    schema_prelude: tuple[str, ...] = ()
+    migration_lock: tuple[str, ...] = ()  # run first in the migration's transaction
+    # One row whose single column is nonzero if the table `?` exists.
+    table_exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 
     def __init__(self, namespace: str) -> None:
+        # What `_sql` fills in: the table names, the JSON parameter, the column types.
         self._names = {
             "v": f"{namespace}_versions",
             "r": f"{namespace}_routes",
             "a": f"{namespace}_audit",
             "q": f"{namespace}_reviews",
             "t": f"{namespace}_receipts",
+            "s": f"{namespace}_schema_version",
             "j": self.json_param,
+            "real": self.real,
+            "json_type": self.json_type,
+            "serial": self.serial,
         }
+        self._where = f"{self._location()} (tables {namespace}_*)"
         self._lock = threading.Lock()
         self._conn: Any = self._connect()
         try:
-            self._write(self._create_schema)
+            self._write(self._migrate)
         except BaseException:
             self._conn.close()
             raise
@@ -68,6 +77,10 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
     @abstractmethod
     def _transaction(self, work: Callable[[Any], T]) -> T:
         """Run `work(connection)` in a transaction that excludes every other writer."""
+
+    @abstractmethod
+    def _location(self) -> str:
+        """The database, as a message names it (no password)."""
 
     def _attempt(self, operation: Callable[[], T]) -> T:
         return operation()
@@ -118,6 +131,13 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         sql = self._sql("SELECT endpoint, doc FROM {r} WHERE doc IS NOT NULL ORDER BY endpoint")
         rows = self._read(lambda conn: conn.execute(sql).fetchall())
         return {endpoint: decode_json(doc) for endpoint, doc in rows}
+
+    def route_revisions(self) -> dict[str, int]:
+        sql = self._sql(
+            "SELECT endpoint, revision FROM {r} WHERE doc IS NOT NULL ORDER BY endpoint"
+        )
+        rows = self._read(lambda conn: conn.execute(sql).fetchall())
+        return {endpoint: int(revision) for endpoint, revision in rows}
 
     def apply_change(
         self,
@@ -172,7 +192,10 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         before = decode_json(row[0])
         after = change(before)
         conn.execute(
-            self._sql("UPDATE {r} SET doc = {j}, updated_at = ? WHERE endpoint = ?"),
+            self._sql(
+                "UPDATE {r} SET doc = {j}, updated_at = ?, revision = revision + 1 "
+                "WHERE endpoint = ?"
+            ),
             (encode_json(after), now, key),
         )
         return before, after
@@ -209,10 +232,15 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         with self._lock:
             return self._attempt(lambda: self._transaction(work))
 
-    def _create_schema(self, conn: Any) -> None:
-        types = {"real": self.real, "json_type": self.json_type, "serial": self.serial}
-        for statement in (*self.schema_prelude, *SCHEMA):
-            conn.execute(statement.format(**self._names, **types))
+    def _migrate(self, conn: Any) -> None:
+        for statement in self.migration_lock:
+            conn.execute(self._sql(statement))
+
+        def exists(key: str) -> bool:
+            (found,) = conn.execute(self._sql(self.table_exists), (self._names[key],)).fetchone()
+            return bool(found)
+
+        migrate(conn, self._sql, exists, self._where)
 
     def _version(self, conn: Any, model: str, version: str) -> VersionRecord | None:
         row = conn.execute(

@@ -50,6 +50,9 @@ class SqliteRegistryStore(SqlRegistryStore):
             raise
         return conn
 
+    def _location(self) -> str:
+        return f"the registry database {self.path}"
+
     def _transaction(self, work: Callable[[Any], T]) -> T:
         # IMMEDIATE takes the write lock before the first read, so the doc a change
         # replaces cannot be changed by another process before this one writes.
