@@ -2,8 +2,9 @@
 
 A runtime sees only numpy arrays keyed by tensor name, the first dimension
 being the batch. BYTES tensors are 1-D object arrays of `bytes`. Runtimes know
-nothing of HTTP, queues or deadlines; the deployment calls `run` on a worker
-thread, never on the event loop.
+nothing of HTTP, queues or requests; the deployment calls `run` on a worker
+thread, never on the event loop. A runtime that waits on another server also
+reads the batch's `deadline`, so it stops waiting when no caller is left to answer.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class Runtime(ABC):
         # Headers a runtime that calls another server sends with the batch it runs now
         # (the trace context); set by the replica before each `run`, None when there are none.
         self.outbound_headers: dict[str, str] | None = None
+        # When the batch it runs now must be answered by (monotonic seconds, the latest
+        # deadline among its requests), set by the replica like `outbound_headers`; None
+        # when there is none. Local compute cannot be cut short and ignores it.
+        self.deadline: float | None = None
 
     @abstractmethod
     def load(self) -> None:

@@ -12,6 +12,10 @@ starting; the latency model learns from the first real batches.
 
 Each call carries `outbound_headers` (the trace context of the batch's request, set by
 the replica before `run`), so the remote's spans join the caller's trace.
+
+A call waits no longer than the batch's `deadline` (set by the replica too) when that
+comes before the manifest's timeout: once the callers have had their 504, waiting on
+would only keep the replica from the next batch. A batch already past it is not sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import httpx
 import numpy as np
 
 from surge.api.v2_data import from_json
+from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
 from surge.runtimes.base import NUMPY_DTYPES, Runtime, Tensors
 
@@ -38,9 +43,10 @@ class UpstreamRuntime(Runtime):
                 500,
             )
         self.remote_model = params.get("model", self.version.model)
+        self.timeout_s = float(params.get("timeout_s", 2.0))
         self.client = httpx.Client(
             base_url=str(params["url"]).rstrip("/"),
-            timeout=float(params.get("timeout_s", 2.0)),
+            timeout=self.timeout_s,
             limits=httpx.Limits(max_connections=int(params.get("max_connections", 8))),
         )
 
@@ -49,27 +55,49 @@ class UpstreamRuntime(Runtime):
         if rows == 0:  # warm-up: see the module docstring
             return {s.name: np.zeros((0, *s.shape[1:]), NUMPY_DTYPES[s.datatype])
                     for s in self.outputs}  # fmt: skip
+        timeout_s = self._time_allowed_s()
         try:
             if self.protocol == "openai":
-                return self._embeddings(inputs)
-            return self._v2(inputs)
+                return self._embeddings(inputs, timeout_s)
+            return self._v2(inputs, timeout_s)
         except httpx.TimeoutException:
+            cut = " (the time the request had left)" if timeout_s < self.timeout_s else ""
             raise SurgeError(
-                "upstream_timeout", f"{self.version.ref}: the upstream did not answer in time", 504
+                "upstream_timeout",
+                f"{self.version.ref}: the upstream did not answer within {timeout_s:.3f} s{cut}",
+                504,
             ) from None
         except httpx.HTTPError as exc:
             raise SurgeError(
                 "upstream_unreachable", f"{self.version.ref}: upstream failed: {exc}", 502
             ) from None
 
-    def _v2(self, inputs: Tensors) -> Tensors:
+    def _time_allowed_s(self) -> float:
+        """The manifest's timeout, or less when the batch's deadline comes first. httpx
+        applies it to each phase (connect, send, every read), so a remote that trickles
+        its answer can stretch it; one that is simply slow is cut off at the deadline."""
+        if self.deadline is None:
+            return self.timeout_s
+        left_s = self.deadline - monotonic()
+        if left_s <= 0:
+            raise SurgeError(
+                "deadline_exceeded",
+                f"{self.version.ref}: the deadline passed before the batch was sent upstream",
+                504,
+            )
+        return min(self.timeout_s, left_s)
+
+    def _v2(self, inputs: Tensors, timeout_s: float) -> Tensors:
         body = {"inputs": [
             {"name": name, "datatype": self._spec(name).datatype, "shape": list(value.shape),
              "data": [v.decode() if isinstance(v, bytes) else v for v in value.ravel().tolist()]}
             for name, value in inputs.items()
         ]}  # fmt: skip
         answer = self.client.post(
-            f"/v2/models/{self.remote_model}/infer", json=body, headers=self.outbound_headers
+            f"/v2/models/{self.remote_model}/infer",
+            json=body,
+            headers=self.outbound_headers,
+            timeout=timeout_s,
         )
         doc = self._check(answer)
         return {
@@ -77,12 +105,13 @@ class UpstreamRuntime(Runtime):
             for o in doc["outputs"]
         }
 
-    def _embeddings(self, inputs: Tensors) -> Tensors:
+    def _embeddings(self, inputs: Tensors, timeout_s: float) -> Tensors:
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in inputs["text"]]
         answer = self.client.post(
             "/v1/embeddings",
             json={"model": self.remote_model, "input": texts},
             headers=self.outbound_headers,
+            timeout=timeout_s,
         )
         doc = self._check(answer)
         vectors = np.asarray([item["embedding"] for item in doc["data"]], dtype=np.float32)

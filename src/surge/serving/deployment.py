@@ -253,9 +253,11 @@ class Deployment:
         try:
             parts = [p.tensors for p in batch]
             headers = next((h for p in batch if (h := p.ctx.outbound_headers)), None)
+            # Past the latest deadline no request of the batch can be answered any more.
+            deadline = max(p.ctx.deadline for p in batch)
             try:
                 result = await loop.run_in_executor(
-                    replica.executor, replica.execute, parts, headers
+                    replica.executor, replica.execute, parts, headers, deadline
                 )
             except Exception as exc:
                 await self._isolate_failure(replica, batch, exc)
@@ -328,6 +330,7 @@ class Deployment:
                     replica.execute,
                     [pending.tensors],
                     pending.ctx.outbound_headers,
+                    pending.ctx.deadline,
                 )
             except Exception as single_exc:
                 self._fail(pending, _as_surge_error(single_exc, self.spec.version.ref))

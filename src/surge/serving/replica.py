@@ -109,13 +109,18 @@ class Replica:
         )
 
     def execute(
-        self, parts: list[Tensors], outbound_headers: dict[str, str] | None = None
+        self,
+        parts: list[Tensors],
+        outbound_headers: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> BatchResult:
         began = time.monotonic()
         inputs = concat(parts)
-        # Runtimes that call out (upstream) forward the trace context of the batch; one
-        # replica runs one batch at a time, so the attribute is this batch's alone.
+        # Runtimes that call out (upstream) forward the trace context of the batch and
+        # wait no longer than its deadline; one replica runs one batch at a time, so the
+        # attributes are this batch's alone.
         self.runtime.outbound_headers = outbound_headers
+        self.runtime.deadline = deadline
         token = self.meter.begin() if self.meter is not None else None
         start = time.monotonic()
         outputs = self.runtime.run(inputs)
