@@ -40,7 +40,7 @@ def test_a_burst_goes_straight_to_emergency_and_steps_down_one_level_per_hold():
 
     up = run(c, 30, 60, BURST)
     assert [(ch.at, ch.from_mode, ch.to_mode) for ch in up] == [(30, "normal", "emergency")]
-    assert c.switches.allowed_tiers == 1 and c.switches.sheds(0) and not c.switches.sheds(1)
+    assert c.switches.allowed_tiers == 1 and c.switches.shed_priorities_below == 1
 
     down = run(c, 60, 120, CALM)
     assert [(ch.at, ch.from_mode, ch.to_mode) for ch in down] == [

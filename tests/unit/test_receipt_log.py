@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from surge.config import Config
 from surge.config_observe import CostConfig, EnergyConfig, ReceiptsConfig
 from surge.core.context import RequestContext
 from surge.observe.cost import CostLedger
 from surge.observe.energy import EnergyMeter, RaplCounters
+from surge.observe.metrics import Metrics
+from surge.observe.observer import Observer
 from surge.observe.receipt import build_receipt, record_of
 from surge.observe.receipts import ReceiptLog
 from surge.observe.sink_client import SinkClient
+from surge.runtimes.base import RuntimeSettings
 from surge.store.receipts import ReceiptFilter
 from surge.store.registry import open_store
 
@@ -112,6 +116,32 @@ def test_without_rapl_energy_is_cpu_time_times_watts_per_core(tmp_path):
     energy = meter.end(token)
     assert energy.cpu_s >= 0.04  # 2 cores' worth of the thread's time
     assert energy.joules == pytest.approx(energy.cpu_s * 20.0)
+
+
+class FakeGpuEnergy:
+    """NVML's counter as a cuda replica would read it: 1.5 J more at every read."""
+
+    def __init__(self) -> None:
+        self.mj = 10_000
+
+    def read_mj(self) -> int:
+        self.mj += 1_500
+        return self.mj
+
+
+def test_a_cuda_replica_adds_the_gpus_energy_counter(tmp_path, monkeypatch):
+    monkeypatch.setattr("surge.observe.energy.GpuEnergy", FakeGpuEnergy)
+    energy = EnergyConfig(powercap_path=str(tmp_path), watts_per_core=20.0)
+    config = Config(observability={"energy": energy.model_dump(), "receipts": {"enabled": True}})
+    watch = Observer(config, Metrics(), machine_cores=4).watch_for("digits", "1", shadow=False)
+    assert watch is not None and watch.meter is not None
+
+    cpu = watch.meter(RuntimeSettings(threads=2, device="cpu"))
+    gpu = watch.meter(RuntimeSettings(threads=2, device="cuda"))
+    assert (cpu.source, gpu.source) == ("estimate", "estimate+nvml")
+    measured = gpu.end(gpu.begin())
+    assert measured.source == "estimate+nvml"
+    assert measured.joules == pytest.approx(measured.cpu_s * 20.0 + 1.5)
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_waiting(tmp_path):

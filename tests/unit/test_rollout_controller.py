@@ -97,9 +97,7 @@ def test_shadow_holds_until_compared_then_reports_criteria_met():
     assert c.evaluate(20.0, shadow(5, 1.0)) == Hold("5 of 100 shadow comparisons")
     met = c.evaluate(20.0, shadow(150, 0.99))
     assert isinstance(met, Hold) and met.waiting_for.startswith("shadow criteria met")
-    assert c.stage == "shadow"
-    assert c.start_canary(21.0) == Advance(0, 1, "operator started the canary")
-    assert (c.stage, c.percent, c.step_started_at) == ("canary", 1, 21.0)
+    assert c.stage == "shadow" and c.percent == 0
 
 
 def test_shadow_with_low_agreement_rolls_back():
@@ -118,8 +116,7 @@ def test_operator_promote_and_rollback():
 
 @pytest.mark.parametrize(
     ("stage", "event"),
-    [("promoted", "evaluate"), ("rolled_back", "promote"), ("canary", "start_canary"),
-     ("promoted", "rollback")],
+    [("promoted", "evaluate"), ("rolled_back", "promote"), ("promoted", "rollback")],
 )  # fmt: skip
 def test_illegal_events_raise_and_change_nothing(stage, event):
     c = RolloutController(POLICY, stage=stage, step=1, step_started_at=3.0)
@@ -127,7 +124,6 @@ def test_illegal_events_raise_and_change_nothing(stage, event):
         "evaluate": lambda: c.evaluate(10.0, healthy()),
         "promote": lambda: c.promote(10.0),
         "rollback": lambda: c.rollback(10.0, "x"),
-        "start_canary": lambda: c.start_canary(10.0),
     }
     with pytest.raises(IllegalTransition) as raised:
         calls[event]()

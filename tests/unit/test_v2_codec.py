@@ -21,7 +21,6 @@ from surge.api.v2_codec import (
     RequestedOutput,
     decode_infer_request,
     encode_infer_response,
-    error_body,
     model_metadata,
 )
 from surge.core.errors import SurgeError
@@ -266,7 +265,7 @@ def test_two_dimensional_bytes_input() -> None:
     assert request.tensors["s"].tolist() == array.tolist()
 
 
-def test_model_metadata_and_error_body() -> None:
+def test_model_metadata() -> None:
     meta = model_metadata("demo", ["3"], "onnx", INPUTS, OUTPUTS[:1])
     assert meta == {
         "name": "demo",
@@ -279,7 +278,6 @@ def test_model_metadata_and_error_body() -> None:
         ],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
     }
-    assert orjson.loads(error_body("bad")) == {"error": "bad"}
 
 
 # -- bad input -----------------------------------------------------------------

@@ -209,11 +209,6 @@ def model_metadata(
     }
 
 
-def error_body(message: str) -> bytes:
-    """The v2 error object; tritonclient reads its `error` field."""
-    return orjson.dumps({"error": message})
-
-
 # -- request helpers ---------------------------------------------------------
 
 

@@ -9,17 +9,3 @@ from __future__ import annotations
 import time
 
 monotonic = time.monotonic
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from surge.observe.energy import EnergyMeter
-from surge.runtimes.base import Tensors
+from surge.runtimes.base import RuntimeSettings, Tensors
 
 
 @dataclass(frozen=True)
 class BatchWatch:
-    # replica cores -> a meter for that replica (one per replica: it is used on its thread)
-    meter: Callable[[int], EnergyMeter] | None = None
+    # A replica's settings (its cores, its device) -> a meter for that replica (one per
+    # replica: it is used on its thread).
+    meter: Callable[[RuntimeSettings], EnergyMeter] | None = None
     # On the replica thread after each batch: per-row drift signals of inputs and outputs.
     summarize: Callable[[Tensors, Tensors], Any] | None = None
     # On the event loop with what `summarize` returned.

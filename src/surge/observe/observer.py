@@ -25,6 +25,7 @@ from surge.observe.metrics import Metrics
 from surge.observe.receipt import build_receipt
 from surge.observe.receipts import ReceiptLog
 from surge.observe.tracing import build_tracer
+from surge.runtimes.base import RuntimeSettings
 
 if TYPE_CHECKING:
     from surge.serving.endpoint import Endpoint
@@ -72,8 +73,8 @@ class Observer:
         energy = self.config.energy
         cores = self.machine_cores
 
-        def meter(replica_cores: int) -> EnergyMeter:
-            return EnergyMeter(energy, replica_cores, cores)
+        def meter(replica: RuntimeSettings) -> EnergyMeter:
+            return EnergyMeter(energy, replica.threads, cores, replica.device)
 
         monitor = self.drift.monitor_for(endpoint, version) if drift_on else None
 

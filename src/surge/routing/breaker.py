@@ -21,8 +21,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # state -> event -> next state
 TRANSITIONS: dict[str, dict[str, str]] = {
     CLOSED: {"trip": OPEN},
-    OPEN: {"cool_down": HALF_OPEN, "reset": CLOSED},
-    HALF_OPEN: {"probe_succeeded": CLOSED, "probe_failed": OPEN, "trip": OPEN, "reset": CLOSED},
+    OPEN: {"cool_down": HALF_OPEN},
+    HALF_OPEN: {"probe_succeeded": CLOSED, "probe_failed": OPEN},
 }
 
 TRANSITION_HISTORY = 100  # enough to explain the last flaps, bounded for a long-lived server
@@ -144,13 +144,3 @@ class CircuitBreaker:
         timeout = self.policy.probe_timeout_s
         if self._probes and now - self._probes[0] >= timeout:
             self._move("probe_failed", now, f"probe gave no answer within {timeout:g} s")
-
-    # -- operator events --------------------------------------------------------------------
-
-    def trip(self, now: float, reason: str = "operator") -> None:
-        """Open the breaker by hand, e.g. to drain an upstream."""
-        self._move("trip", now, reason)
-
-    def reset(self, now: float, reason: str = "operator") -> None:
-        """Close the breaker by hand, without waiting for a probe."""
-        self._move("reset", now, reason)

@@ -3,80 +3,17 @@ time, else from a cheaper one, and say so. Sans-IO: latencies and the remaining 
 are passed in; nothing here reads a clock.
 
 A ladder lists targets best (slowest) first, e.g. embed-large, embed-base, embed-small.
-Each target's `LatencyTracker` is fed the observed queue wait + compute of its requests;
-per request the driver passes the trackers' estimates and the time left before the
-deadline to `choose_rung`, and the choice (degraded or not, and why) goes on the receipt.
+Per request the driver passes each target's estimate of queue wait + compute (from its
+deployment's measured batch latency and queue, `serving.admission`) and the time left
+before the deadline to `choose_rung`, and the choice (degraded or not, and why) goes on
+the receipt.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import numpy as np
-
-
-class LatencyTracker:
-    """A high percentile (default p95) of recent observed latencies of one target, sans-IO:
-    `observe(seconds)` and `estimate()`.
-
-    Keeps a bounded window (the last `window` observations) so the estimate follows the
-    target as its load changes, and recomputes the percentile at most every
-    `recompute_every` observations so the request path stays cheap. Before any
-    observation, `estimate()` returns `prior_s`.
-    """
-
-    def __init__(
-        self,
-        quantile: float = 0.95,
-        window: int = 512,
-        prior_s: float = 0.0,
-        *,
-        recompute_every: int = 16,
-    ) -> None:
-        if not 0 <= quantile <= 1:
-            raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
-        if not prior_s >= 0:  # also rejects NaN
-            raise ValueError(f"prior_s must not be negative, got {prior_s}")
-        if recompute_every < 1:
-            raise ValueError(f"recompute_every must be at least 1, got {recompute_every}")
-        self.quantile = quantile
-        self.window = window
-        self.prior_s = prior_s
-        self.recompute_every = recompute_every
-        self._samples: deque[float] = deque(maxlen=window)
-        self._cached: float | None = None
-        self._cached_from = 0  # how many samples the cached value was computed from
-        self._pending = 0  # observations since the cached value was computed
-
-    @property
-    def count(self) -> int:
-        """Observations in the window."""
-        return len(self._samples)
-
-    def observe(self, seconds: float) -> None:
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ValueError(f"a latency must be a finite number of seconds >= 0, got {seconds}")
-        self._samples.append(float(seconds))
-        self._pending += 1
-
-    def estimate(self) -> float:
-        if not self._samples:
-            return self.prior_s
-        # While the window is young, a few samples move the percentile a lot: refresh once
-        # the samples have doubled since the last computation, and every
-        # `recompute_every` observations once there are plenty.
-        stale = self._pending >= min(self.recompute_every, max(self._cached_from, 1))
-        if self._cached is None or stale:
-            data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
-            self._cached = float(np.quantile(data, self.quantile))
-            self._cached_from = len(self._samples)
-            self._pending = 0
-        return self._cached
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ _SIGNALS = ("queue_fill", "p99_ratio", "rejection_rate")
 class ModeSwitches:
     """What a mode changes in the other policies; None leaves the endpoint's own setting."""
 
-    max_queue_delay_ms: float | None = None  # batcher: longest wait for a batch to fill
     allowed_tiers: int | None = None  # cascade: how many tiers may run (1 = the small one only)
     shadow: bool = True  # False drops shadow mirrors: their compute goes to live traffic
     # Deadline when the client sends none; a cap, so the driver takes min(this, endpoint's).
@@ -39,16 +38,10 @@ class ModeSwitches:
     shed_priorities_below: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_queue_delay_ms is not None and not self.max_queue_delay_ms >= 0:
-            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.allowed_tiers is not None and self.allowed_tiers < 1:
             raise ValueError(f"allowed_tiers must be >= 1, got {self.allowed_tiers}")
         if self.default_timeout_ms is not None and not self.default_timeout_ms > 0:
             raise ValueError(f"default_timeout_ms must be > 0, got {self.default_timeout_ms}")
-
-    def sheds(self, priority: int) -> bool:
-        limit = self.shed_priorities_below
-        return limit is not None and priority < limit
 
 
 @dataclass(frozen=True)

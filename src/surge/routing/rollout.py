@@ -119,12 +119,11 @@ SHADOW, CANARY, PROMOTED, ROLLED_BACK = "shadow", "canary", "promoted", "rolled_
 
 # stage -> event -> next stage
 TRANSITIONS: dict[str, dict[str, str]] = {
-    SHADOW: {"evaluate": SHADOW, "start_canary": CANARY, "promote": PROMOTED,
-             "rollback": ROLLED_BACK},
+    SHADOW: {"evaluate": SHADOW, "promote": PROMOTED, "rollback": ROLLED_BACK},
     CANARY: {"evaluate": CANARY, "advance": CANARY, "promote": PROMOTED, "rollback": ROLLED_BACK},
     PROMOTED: {},
     ROLLED_BACK: {},
-}  # fmt: skip
+}
 
 
 class IllegalTransition(Exception):
@@ -171,11 +170,6 @@ class RolloutController:
 
     # -- operator events --------------------------------------------------------------
 
-    def start_canary(self, now: float) -> Advance:
-        self.stage = self._move("start_canary")
-        self.step, self.step_started_at = 0, now
-        return self._decide(Advance(0, self.percent, "operator started the canary"))  # type: ignore[return-value]
-
     def promote(self, now: float, reason: str = "operator") -> Promote:
         self.stage = self._move("promote")
         self.step_started_at = now
@@ -201,7 +195,7 @@ class RolloutController:
             return self._decide(
                 Hold(
                     f"shadow criteria met (agreement {agreement:.4f} over "
-                    f"{snapshot.shadow_compared} comparisons): promote or start a canary"
+                    f"{snapshot.shadow_compared} comparisons): promote or roll back"
                 )
             )
         percent = self.percent

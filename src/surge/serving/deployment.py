@@ -96,7 +96,7 @@ class Deployment:
             runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
             meter = summarize = None
             if watch is not None:
-                meter = watch.meter(self.spec.settings.threads) if watch.meter else None
+                meter = watch.meter(self.spec.settings) if watch.meter else None
                 summarize = watch.summarize
             self.replicas.append(
                 Replica(f"{self.name}-r{i}", runtime, self.spec.compute_nice, meter, summarize)

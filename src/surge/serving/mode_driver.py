@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from surge.config import ModesConfig
@@ -178,16 +177,8 @@ class ModeDriver:
     async def _apply(self, change: ModeChange, actor: str = "modes") -> None:
         self.changes_total += 1
         switches = self.controller.switches
-        delay_ms = switches.max_queue_delay_ms
         for endpoint in self.endpoints.values():
             endpoint.shadow_enabled = switches.shadow
-            for d in endpoint.deployments:
-                # The batch delay the mode sets, or back to the endpoint's own.
-                d.batcher.policy = (
-                    d.spec.batching
-                    if delay_ms is None
-                    else replace(d.spec.batching, max_queue_delay_s=delay_ms / 1000.0)
-                )
         for route in self.routes.values():
             if isinstance(route, CascadeRoute):
                 route.allowed_tiers = switches.allowed_tiers
