@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
 from surge.core.clock import monotonic
 from surge.core.context import LEGS, RequestContext
 from surge.core.errors import SurgeError, bad_input
-from surge.routing.rules import RequestFacts
+from surge.serving.target import parse_priority
 
 if TYPE_CHECKING:
     from surge.serving.deployment import Deployment
-    from surge.serving.endpoint import Endpoint
     from surge.serving.mode_driver import ModeDriver
-
-
-
-def user_key(request: Request, endpoint: Endpoint, parameters: dict[str, Any]) -> str | None:
-    """The key a sticky A/B split assigns by: a header, or a request parameter (the
-    endpoint's `ab_key`, e.g. `header:x-user-id` or `parameter:user`)."""
-    source, _, name = endpoint.ab_key.partition(":")
-    value = request.headers.get(name) if source == "header" else parameters.get(name)
-    return None if value is None else str(value)
-
-
-def request_facts(
-    request: Request, rows: int, body_bytes: int, params: dict[str, Any]
-) -> RequestFacts:
-    """What rules and bandit routes look at (gathered only for routes that need it)."""
-    headers = dict(request.headers.items())  # Starlette gives lower-case names
-    return RequestFacts(
-        headers=headers,
-        tenant=headers.get("x-tenant"),
-        priority=_priority(header(request, b"x-priority")),
-        input_rows=rows,
-        input_bytes=body_bytes,
-        params=params,
-    )
-
-
-def _priority(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PRIORITY
-    try:
-        return int(raw)
-    except ValueError:
-        raise bad_input(f"X-Priority must be a whole number, got {raw!r}") from None
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -102,13 +68,10 @@ def _too_large(size: int, limit: int) -> SurgeError:
     )
 
 
-DEFAULT_PRIORITY = 1  # best-effort traffic sends X-Priority: 0 and is shed first
-
-
 def admit_by_mode(request: Request, modes: ModeDriver) -> None:
     """In a mode that sheds low priorities, refuse such a request before any work."""
     if modes.shed_below is not None:
-        modes.admit(_priority(header(request, b"x-priority")))
+        modes.admit(parse_priority(header(request, b"x-priority")))
 
 
 def new_context(request: Request, endpoint: str, default_timeout_s: float) -> RequestContext:

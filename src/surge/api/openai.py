@@ -21,14 +21,12 @@ from surge.api.http import (
     finish_answer,
     new_context,
     read_body,
-    request_facts,
-    user_key,
 )
-from surge.api.state import ServerState, interface_of
+from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
 from surge.serving.deployment import Deployment
-from surge.serving.endpoint import Endpoint
+from surge.serving.target import Hints
 
 STARTED = int(time.time())
 
@@ -89,7 +87,7 @@ async def embeddings(request: Request) -> Response:
     state = _state(request)
     parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
     target = state.target(parsed.model)
-    deployment = interface_of(target)  # what it takes (a route: its first endpoint)
+    deployment = target.interface()  # what it takes (a route: its first endpoint's)
     text_input = _text_input(deployment)
     if text_input is None:
         raise SurgeError(
@@ -109,17 +107,9 @@ async def embeddings(request: Request) -> Response:
         raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
     tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
     ctx.stamp("validated", monotonic())
-    if isinstance(target, Endpoint):
-        key = None
-        if target.mode == "ab":
-            key = user_key(request, target, {"user": parsed.user} if parsed.user else {})
-        served = await target.infer(ctx, tensors, len(parsed.texts), user_key=key)
-    else:
-        facts = None
-        if target.needs_facts:
-            params = {"user": parsed.user} if parsed.user else {}
-            facts = request_facts(request, len(parsed.texts), parsed.body_bytes, params)
-        served = await target.infer(ctx, tensors, len(parsed.texts), facts)
+    params = {"user": parsed.user} if parsed.user else None
+    hints = Hints(request.scope["headers"], params, parsed.body_bytes)
+    served = await target.infer(ctx, tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
     outputs = served.outputs

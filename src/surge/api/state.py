@@ -28,6 +28,7 @@ from surge.serving.factory import DeploymentFactory
 from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
+from surge.serving.target import Target
 from surge.store.registry import RegistryStore, open_store
 
 log = logging.getLogger("surge.server")
@@ -63,15 +64,10 @@ class ServerState:
     def bandits(self) -> list[BanditRoute]:
         return [r for r in self.routes.values() if isinstance(r, BanditRoute)]
 
-    def target(self, name: str) -> Endpoint | Route:
+    def target(self, name: str) -> Target:
         """What a public name serves: an endpoint, or a route over endpoints."""
         found = self.routes.get(name)
         return found if found is not None else self.endpoint(name)
-
-    def deployment(self, name: str, version: str | None = None) -> Deployment:
-        """The deployment that describes `name` (its stable one, a pinned version, or for a
-        route the first endpoint it sends to)."""
-        return interface_of(self.target(name), version)
 
     def count_answer(self, endpoint: str | None, status: int) -> None:
         if endpoint in self.endpoints or endpoint in self.routes:
@@ -203,18 +199,6 @@ class ServerState:
         for deployment in self._all_deployments():
             if deployment.state == "ready":
                 deployment.state = "draining"
-
-
-def interface_of(target: Endpoint | Route, version: str | None = None) -> Deployment:
-    """What a target takes: an endpoint's stable (or pinned) version, or for a route the
-    first endpoint it sends to (routes have no versions to pin)."""
-    if isinstance(target, Endpoint):
-        return target.pinned(version) if version else target.stable
-    if version:
-        raise SurgeError(
-            "version_not_found", f"{target.name!r} is a route: it has no versions to pin", 404
-        )
-    return target.interface
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -15,14 +15,12 @@ from surge.api.http import (
     header,
     new_context,
     read_body,
-    request_facts,
-    user_key,
 )
-from surge.api.state import ServerState, interface_of
+from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
 from surge.core.errors import bad_input
-from surge.serving.endpoint import Endpoint
+from surge.serving.target import Hints
 
 JSON = "application/json"
 EXTENSIONS = ["binary_tensor_data"]
@@ -50,20 +48,19 @@ async def ready(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     params = request.path_params
-    deployment = _state(request).deployment(params["model"], params.get("version"))
+    deployment = _state(request).target(params["model"]).interface(params.get("version"))
     return Response(status_code=200 if deployment.accepting else 503)
 
 
 async def metadata(request: Request) -> Response:
     params = request.path_params
-    deployment = _state(request).deployment(params["model"], params.get("version"))
-    runtime = deployment.replicas[0].runtime
     target = _state(request).target(params["model"])
-    versions = [d.version for d in target.deployments] if isinstance(target, Endpoint) else []
+    deployment = target.interface(params.get("version"))
+    runtime = deployment.replicas[0].runtime
     return _json(
         model_metadata(
             target.name,
-            versions,
+            target.versions,
             deployment.spec.version.manifest.runtime,
             runtime.inputs,
             runtime.outputs,
@@ -78,7 +75,7 @@ async def infer(request: Request) -> Response:
     target = state.target(params["model"])
     # What the endpoint takes: its stable version (or the pinned one), or for a route the
     # first endpoint it sends to. Candidates are checked to take the same before they serve.
-    interface = interface_of(target, version)
+    interface = target.interface(version)
     modes = state.modes
     assert modes is not None  # the lifespan starts it before any request
     admit_by_mode(request, modes)
@@ -99,14 +96,8 @@ async def infer(request: Request) -> Response:
         interface.spec.batching.max_batch_size,
     )
     ctx.stamp("validated", monotonic())
-    if isinstance(target, Endpoint):
-        key = user_key(request, target, parsed.parameters) if target.mode == "ab" else None
-        served = await target.infer(ctx, parsed.tensors, parsed.rows, version=version, user_key=key)
-    else:
-        facts = None
-        if target.needs_facts:
-            facts = request_facts(request, parsed.rows, len(body), parsed.parameters)
-        served = await target.infer(ctx, parsed.tensors, parsed.rows, facts)
+    hints = Hints(request.scope["headers"], parsed.parameters, len(body), version)
+    served = await target.infer(ctx, parsed.tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
     payload, json_length = encode_infer_response(

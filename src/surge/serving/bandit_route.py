@@ -23,10 +23,8 @@ from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.routing.bandit import Bandit, bandit_from_dict, make_bandit
-from surge.routing.rules import RequestFacts
 from surge.runtimes.base import Tensors
-from surge.serving.deployment import Deployment
-from surge.serving.endpoint import Endpoint, Served
+from surge.serving.target import Hints, RouteBase, Served, Target
 from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.bandit")
@@ -66,14 +64,12 @@ def subtract_counts(current: dict[str, Any], synced: dict[str, Any] | None) -> d
     return delta
 
 
-class BanditRoute:
-    needs_facts = True  # the segment comes from a header
-
+class BanditRoute(RouteBase):
     def __init__(
         self,
         name: str,
         config: BanditConfig,
-        targets: list[Any],
+        targets: list[Target],
         store: RegistryStore,
         rng: random.Random | None = None,
         clock: Callable[[], float] = monotonic,
@@ -96,19 +92,16 @@ class BanditRoute:
         return f"*bandit*:{self.name}"
 
     @property
-    def interface(self) -> Deployment:
-        first = next(iter(self.targets.values()))
-        return first.stable if isinstance(first, Endpoint) else first.interface
+    def first(self) -> Target:
+        return next(iter(self.targets.values()))
 
     @property
     def accepting(self) -> bool:
         return all(t.accepting for t in self.targets.values())
 
-    async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
-    ) -> Served:
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
         header = self.config.segment_header
-        segment = (facts.headers.get(header.lower()) or "") if facts and header else ""
+        segment = (hints.header(header) or "") if header else ""
         arm = self.bandit.choose(segment)
         self.counts[arm, "chosen"] += 1
         ctx.decide("bandit", arm, f"{self.config.strategy} chose {arm} for segment {segment!r}",
@@ -116,7 +109,7 @@ class BanditRoute:
         self._pending[ctx.request_id] = (segment, arm)
         if len(self._pending) > PENDING_FEEDBACK:
             self._pending.popitem(last=False)
-        return await self.targets[arm].infer(ctx, tensors, rows)
+        return await self.targets[arm].infer(ctx, tensors, hints)
 
     def feedback(self, request_id: str, reward: float) -> dict[str, Any]:
         found = self._pending.pop(request_id, None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
@@ -23,18 +22,12 @@ from surge.routing.agreement import agreement
 from surge.routing.split import WeightedSplit, sticky_arm
 from surge.runtimes.base import Tensors
 from surge.serving.deployment import Deployment
+from surge.serving.target import Hints, Served, rows_of
 from surge.serving.version_stats import VersionStats
 
 log = logging.getLogger("surge.endpoint")
 
 MODES = ("single", "canary", "ab", "shadow")
-
-
-@dataclass(slots=True)  # built per request: slots, not frozen (frozen __init__ costs ~1 µs)
-class Served:
-    outputs: Tensors
-    deployment: Deployment
-    retried_on_stable: bool = False
 
 
 class Endpoint:
@@ -69,6 +62,13 @@ class Endpoint:
     @property
     def accepting(self) -> bool:
         return self.stable.accepting
+
+    @property
+    def versions(self) -> list[str]:
+        return [d.version for d in self.deployments]
+
+    def interface(self, version: str | None = None) -> Deployment:
+        return self.pinned(version) if version else self.stable
 
     def set_route(self, mode: str, candidate: Deployment | None, percent: float) -> None:
         """Switch the route in one step (the event loop runs nothing in between)."""
@@ -132,20 +132,14 @@ class Endpoint:
 
     # -- requests --------------------------------------------------------------------
 
-    async def infer(
-        self,
-        ctx: RequestContext,
-        tensors: Tensors,
-        rows: int,
-        *,
-        version: str | None = None,
-        user_key: str | None = None,
-    ) -> Served:
-        if version is not None:
-            pinned = self.pinned(version)
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
+        rows = rows_of(tensors)
+        if hints.version is not None:
+            pinned = self.pinned(hints.version)
             return Served(await pinned.infer(ctx, tensors, rows), pinned)
         if self.candidate is None:
             return Served(await self.stable.infer(ctx, tensors, rows), self.stable)
+        user_key = hints.user_key(self.ab_key) if self.mode == "ab" else None
         target = self._choose(user_key)
         if self.mode != "shadow":
             ctx.decide(self.mode, target.spec.version.ref, self._why(target, user_key))
@@ -159,7 +153,7 @@ class Endpoint:
             self.stats[target.version].retried_on_stable_total += 1
             failed = f"{target.spec.version.ref} answered {error.status} ({error.code})"
             ctx.decide("retry", self.stable.spec.version.ref, f"{failed}; retried on stable")
-            return Served(await self._on_stable(ctx, tensors, rows), self.stable, True)
+            return Served(await self._on_stable(ctx, tensors, rows), self.stable)
         latency = self.clock() - started
         self.stats[target.version].record(latency, ok=True)
         if self.mode == "shadow" and self.shadow_enabled:

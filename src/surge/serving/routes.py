@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -24,12 +24,12 @@ from surge.core.errors import SurgeError
 from surge.routing.breaker import BreakerPolicy, CircuitBreaker
 from surge.routing.cascade import CascadePolicy, CascadeTier, TierOutcome, judge, merge
 from surge.routing.deadline_ladder import Rung, choose_rung
-from surge.routing.rules import RequestFacts, first_match, parse_rules
+from surge.routing.rules import first_match, parse_rules
 from surge.runtimes.base import Tensors
 from surge.serving.admission import completion_estimate_s
 from surge.serving.bandit_route import BanditRoute
-from surge.serving.deployment import Deployment
-from surge.serving.endpoint import Endpoint, Served
+from surge.serving.endpoint import Endpoint
+from surge.serving.target import Hints, RouteBase, Served, Target, rows_of
 from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.routes")
@@ -41,35 +41,11 @@ ReviewSink = Callable[
 ]
 
 
-class Target(Protocol):
-    name: str
-
-    @property
-    def interface(self) -> Deployment: ...
-
-    @property
-    def accepting(self) -> bool: ...
-
-    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Served: ...
-
-
-def _leaf(target: Target | Endpoint) -> Deployment:
-    return target.stable if isinstance(target, Endpoint) else target.interface
-
-
-async def _call(
-    target: Target | Endpoint, ctx: RequestContext, tensors: Tensors, rows: int
-) -> Served:
-    return await target.infer(ctx, tensors, rows)
-
-
-class CascadeRoute:
+class CascadeRoute(RouteBase):
     """Tiers cheapest first; rows below a tier's confidence threshold go to the next tier."""
 
-    needs_facts = False  # what the adapter must gather about the request for this route
-
     def __init__(
-        self, name: str, config: CascadeConfig, targets: list[Target | Endpoint], review: ReviewSink
+        self, name: str, config: CascadeConfig, targets: list[Target], review: ReviewSink
     ) -> None:
         self.name = name
         self.targets = targets
@@ -82,8 +58,8 @@ class CascadeRoute:
         self.counts: Counter[tuple[str, str]] = Counter()  # (model@version, action) -> requests
 
     @property
-    def interface(self) -> Deployment:
-        return _leaf(self.targets[0])
+    def first(self) -> Target:
+        return self.targets[0]
 
     @property
     def accepting(self) -> bool:
@@ -94,15 +70,14 @@ class CascadeRoute:
             return self.policy
         return CascadePolicy(self.policy.tiers[: self.allowed_tiers], review=self.policy.review)
 
-    async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
-    ) -> Served:
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
         policy = self._policy_now()
+        rows = rows_of(tensors)
         indices = np.arange(rows)  # which of the request's rows the current tier sees
         current = tensors
         answered: list[tuple[np.ndarray, Tensors]] = []
         for i in range(len(policy.tiers)):
-            served = await self.targets[i].infer(ctx, current, len(indices))
+            served = await self.targets[i].infer(ctx, current, hints)
             outcome = judge(policy, i, served.outputs)
             answered.append((indices, served.outputs))
             ref = served.deployment.spec.version.ref
@@ -154,12 +129,10 @@ class CascadeRoute:
         return "accept"
 
 
-class LadderRoute:
+class LadderRoute(RouteBase):
     """Time-boxed inference: the best rung whose live estimate fits the remaining budget."""
 
-    needs_facts = False
-
-    def __init__(self, name: str, config: LadderConfig, targets: list[Target | Endpoint]) -> None:
+    def __init__(self, name: str, config: LadderConfig, targets: list[Target]) -> None:
         self.name = name
         self.targets = {t.name: t for t in targets}
         self.rungs = [Rung(t.name) for t in targets]
@@ -167,23 +140,22 @@ class LadderRoute:
         self.counts: Counter[tuple[str, str]] = Counter()  # (target, "best" | "degraded")
 
     @property
-    def interface(self) -> Deployment:
-        return _leaf(self.targets[self.rungs[0].target])
+    def first(self) -> Target:
+        return self.targets[self.rungs[0].target]
 
     @property
     def accepting(self) -> bool:
         return all(t.accepting for t in self.targets.values())
 
-    def estimate_s(self, target: Target | Endpoint, rows: int) -> float:
+    def estimate_s(self, target: Target, rows: int) -> float:
         """Queue wait + compute for `rows` more rows on the target now, from the
         deployment's measured batch latency and the queue ahead (admission's model)."""
-        d = _leaf(target)
+        d = target.interface()
         return completion_estimate_s(rows, d.queue_state(), d.latency, d.admission)
 
-    async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
-    ) -> Served:
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
         now = monotonic()
+        rows = rows_of(tensors)
         estimates = {name: self.estimate_s(t, rows) for name, t in self.targets.items()}
         choice = choose_rung(self.rungs, estimates, ctx.remaining_s(now), self.safety_margin)
         ctx.decide(
@@ -194,16 +166,14 @@ class LadderRoute:
         self.counts[choice.target, "degraded" if choice.degraded else "best"] += 1
         if choice.degraded:
             ctx.degraded = True
-        return await self.targets[choice.target].infer(ctx, tensors, rows)
+        return await self.targets[choice.target].infer(ctx, tensors, hints)
 
 
-class FallbackRoute:
+class FallbackRoute(RouteBase):
     """Targets in order; an error or a timeout falls through to the next. A breaker per
     target stops sending to one that keeps failing until a probe succeeds."""
 
-    needs_facts = False
-
-    def __init__(self, name: str, config: FallbackConfig, targets: list[Target | Endpoint]) -> None:
+    def __init__(self, name: str, config: FallbackConfig, targets: list[Target]) -> None:
         self.name = name
         self.targets = targets
         policy = BreakerPolicy(config.failure_threshold, config.window_s, config.open_s)
@@ -211,16 +181,14 @@ class FallbackRoute:
         self.counts: Counter[tuple[str, str]] = Counter()  # (target, "served" | "failed" | ...)
 
     @property
-    def interface(self) -> Deployment:
-        return _leaf(self.targets[0])
+    def first(self) -> Target:
+        return self.targets[0]
 
     @property
     def accepting(self) -> bool:
         return any(t.accepting for t in self.targets)
 
-    async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
-    ) -> Served:
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
         last_error: SurgeError | None = None
         for i, target in enumerate(self.targets):
             breaker = self.breakers[target.name]
@@ -231,7 +199,7 @@ class FallbackRoute:
                 ctx.decide("fallback", target.name, f"breaker open for {wait:.1f} s more: skipped")
                 continue
             try:
-                served = await target.infer(ctx, tensors, rows)
+                served = await target.infer(ctx, tensors, hints)
             except SurgeError as error:
                 if error.status < 500 and error.status != 429:
                     breaker.record_cancelled(monotonic())
@@ -264,12 +232,10 @@ class FallbackRoute:
         )
 
 
-class RulesRoute:
+class RulesRoute(RouteBase):
     """The first rule whose conditions all hold names the target; else the default."""
 
-    needs_facts = True
-
-    def __init__(self, name: str, config: RulesConfig, targets: list[Target | Endpoint]) -> None:
+    def __init__(self, name: str, config: RulesConfig, targets: list[Target]) -> None:
         self.name = name
         self.rules = parse_rules(config.rules)
         self.default = config.default
@@ -277,24 +243,22 @@ class RulesRoute:
         self.counts: Counter[tuple[str, str]] = Counter()  # (target, rule name | "default")
 
     @property
-    def interface(self) -> Deployment:
-        return _leaf(self.targets[self.default])
+    def first(self) -> Target:
+        return self.targets[self.default]
 
     @property
     def accepting(self) -> bool:
         return all(t.accepting for t in self.targets.values())
 
-    async def infer(
-        self, ctx: RequestContext, tensors: Tensors, rows: int, facts: RequestFacts | None = None
-    ) -> Served:
-        match = first_match(self.rules, facts or RequestFacts(input_rows=rows))
+    async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
+        match = first_match(self.rules, hints.facts(rows_of(tensors)))
         if match is None:
             target, rule, reason = self.default, "default", "no rule matched: the default"
         else:
             target, rule, reason = match.target, match.rule, match.reason
         self.counts[target, rule] += 1
         ctx.decide("rules", target, reason, rule=rule)
-        return await self.targets[target].infer(ctx, tensors, rows)
+        return await self.targets[target].infer(ctx, tensors, hints)
 
 
 Route = CascadeRoute | LadderRoute | FallbackRoute | BanditRoute | RulesRoute
