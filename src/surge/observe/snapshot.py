@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from surge.observe.metrics import LATENCY_BUCKETS_S, STAGES, EndpointMetrics
+from surge.observe.quantiles import histogram_quantile
 
 if TYPE_CHECKING:
     from surge.observe.observer import Observer
@@ -73,27 +74,6 @@ class SnapshotRates:
 
 
 # -- statistics ------------------------------------------------------------------------------
-
-
-def quantile(
-    counts: list[int] | tuple[int, ...], bounds: tuple[float, ...], q: float
-) -> float | None:
-    """The q-quantile of a histogram's (non-cumulative, last slot +Inf) bucket counts,
-    interpolated linearly inside its bucket like Prometheus' histogram_quantile; the +Inf
-    bucket answers its lower bound, the largest finite one. None with no observations."""
-    total = sum(counts)
-    if total <= 0:
-        return None
-    rank = q * total
-    running = 0
-    for i, count in enumerate(counts):
-        if count > 0 and running + count >= rank:
-            if i == len(bounds):
-                return float(bounds[-1])
-            lower = float(bounds[i - 1]) if i else 0.0
-            return lower + (bounds[i] - lower) * (rank - running) / count
-        running += count
-    return float(bounds[-1])
 
 
 def _minus(now: tuple[int, ...], then: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -216,7 +196,9 @@ def _endpoint_row(
     if window_ref is None or sum(recent["total"]) == 0:
         recent, scope = now_sample.stages, "all"  # nothing recent: show since start
     for stage, counts in recent.items():
-        figures = {k: quantile(counts, LATENCY_BUCKETS_S, q) for k, q in QUANTILES.items()}
+        figures = {
+            k: histogram_quantile(counts, LATENCY_BUCKETS_S, q) for k, q in QUANTILES.items()
+        }
         latency[stage] = {
             **{k: None if v is None else round(v * 1000, 3) for k, v in figures.items()},
             "count": sum(counts),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from surge.config import ModesConfig
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
 from surge.observe.metrics import LATENCY_BUCKETS_S, Metrics
+from surge.observe.quantiles import histogram_quantile
 from surge.routing.modes import LoadSignals, ModeChange, ModeController, ModePolicy, default_policy
 from surge.serving.endpoint import Endpoint
 from surge.serving.routes import CascadeRoute, Route
@@ -122,7 +122,7 @@ class ModeDriver:
         self._last_counts = (buckets, answered, refused)
         delta = [a - b for a, b in zip(buckets, last[0], strict=True)]
         offered = answered - last[1]
-        p99 = _quantile_from_buckets(delta, 0.99)
+        p99 = histogram_quantile(delta, LATENCY_BUCKETS_S, 0.99) or 0.0  # None: nothing answered
         return LoadSignals(
             queue_fill=min(1.0, fill),
             p99_ratio=p99 / (self.config.target_p99_ms / 1000.0),
@@ -196,16 +196,3 @@ class ModeDriver:
             reason=f"{change.from_mode} -> {change.to_mode}: {change.reason}",
             now=time.time(),
         )
-
-
-def _quantile_from_buckets(counts: list[int], q: float) -> float:
-    """The upper bound of the bucket holding the q-quantile (0 with no observations)."""
-    total = sum(counts)
-    if not total:
-        return 0.0
-    rank, running = q * total, 0
-    for bound, count in zip((*LATENCY_BUCKETS_S, math.inf), counts, strict=True):
-        running += count
-        if running >= rank:
-            return bound if math.isfinite(bound) else LATENCY_BUCKETS_S[-1] * 2
-    return LATENCY_BUCKETS_S[-1] * 2
