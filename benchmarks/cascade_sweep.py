@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from surge.demo.build import _digits_split
+from surge.core.tensors import Tensors
 from surge.demo.cascade_models import train_digits_big, train_digits_small
+from surge.demo.digits import digits_split
 from surge.routing.cascade import CascadePolicy, CascadeTier, judge, merge
-from surge.runtimes.base import Tensors
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995)
 # The calibrated SVC's lowest confidence on held-out rows is about 0.8, so a last-tier
@@ -154,7 +154,7 @@ def run_sweep(
     if repeats < 1 or batch_size < 1:
         raise ValueError("repeats and batch_size must be at least 1")
     small, big = models if models is not None else (train_digits_small(), train_digits_big())
-    _, x, _, y = _digits_split()
+    _, x, _, y = digits_split()
     n = len(y)
     rows = np.arange(n)
     requests = _chunks(rows, batch_size)

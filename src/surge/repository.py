@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from surge.core.errors import SurgeError
-from surge.runtimes.base import NUMPY_DTYPES, TensorSpec
+from surge.core.tensors import NUMPY_DTYPES, TensorSpec
 
 MANIFEST = "model.yaml"
 

@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from surge.core.errors import SurgeError
+from surge.core.tensors import TensorSpec
 from surge.repository import ModelRepository, ModelVersion, write_manifest
-from surge.runtimes.base import RuntimeSettings, TensorSpec
+from surge.runtimes.base import RuntimeSettings
 from surge.runtimes.onnx import OnnxRuntime
 from surge.runtimes.onnx_session import quantize_int8
 

@@ -213,6 +213,7 @@ def test_the_store_filters_summarises_and_forgets_past_the_retention(store):
     assert store.add_receipts(receipts) == 4
     assert len(store.receipts_for("same-id")) == 2  # a reused id keeps both, newest first
     assert store.receipts_for("same-id")[0]["degraded"] is True
+    assert store.receipts_for("r3") == [receipts[3]]  # the record as it was stored
     pick = store.list_receipts
     assert [r["id"] for r in pick(ReceiptFilter(tenant="acme"))] == ["r3", "same-id", "same-id"]
     assert [r["id"] for r in pick(ReceiptFilter(status=504))] == ["r2"]

@@ -19,7 +19,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.observe.receipt import record_of
 from surge.store import migrations, open_store
-from surge.store.receipts import ReceiptFilter, receipt_row
+from surge.store.receipts import ReceiptFilter, columns, receipt_row
 from surge.store.schema import Migration
 from surge.store.sql import SqlRegistryStore
 
@@ -221,7 +221,7 @@ def test_a_registry_from_before_schema_versions_is_upgraded_in_place_and_serves(
         [item] = store.list_reviews()
         assert (item.request_id, item.inputs, item.label) == ("req-1", {"input": [[0.5]]}, None)
         [receipt] = store.list_receipts(ReceiptFilter(endpoint="digits"))
-        assert (receipt["id"], receipt["served_by"]) == ("req-1", "digits@1")
+        assert (receipt["id"], columns(receipt)["served_by"]) == ("req-1", "digits@1")
 
         # And it keeps serving: a change, a label, a receipt.
         changed = {**OLD_ROUTE, "candidate": {"model": "digits", "version": "2"}}

@@ -24,7 +24,7 @@ from surge.api.v2_codec import (
     model_metadata,
 )
 from surge.core.errors import SurgeError
-from surge.runtimes.base import NUMPY_DTYPES, TensorSpec
+from surge.core.tensors import NUMPY_DTYPES, TensorSpec
 
 Client = triton.InferenceServerClient
 

@@ -13,12 +13,12 @@ import numpy as np
 from surge.config import Config, cpu_count
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.observe.metrics import Metrics
 from surge.observe.observer import Observer
 from surge.observe.rollout_metrics import RolloutCollector
 from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
-from surge.runtimes.base import Tensors
 from surge.security.admin_keys import AdminAuth
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.cores import plan_cores

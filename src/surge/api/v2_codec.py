@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from surge.api import v2_data
+from surge.core import v2_data
 from surge.core.errors import SurgeError, bad_input
-from surge.runtimes.base import TensorSpec
+from surge.core.tensors import TensorSpec
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from surge.demo.cascade_models import build_digits_big, build_digits_small
+from surge.demo.digits import digits_split, save_digits
 from surge.repository import MANIFEST, write_manifest
 
 log = logging.getLogger("surge.demo")
@@ -47,51 +49,23 @@ def _atomic_build(version_dir: Path, build) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _digits_split():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    return train_test_split(x.astype("float32"), y, test_size=0.25, random_state=0, stratify=y)
-
-
-def _save_digits(out: Path, model, description: str) -> float:
-    import joblib
-
-    _, x_test, _, y_test = _digits_split()
-    accuracy = float(model.score(x_test, y_test))
-    joblib.dump(model, out / "model.joblib")
-    write_manifest(out, {
-        "runtime": "sklearn",
-        "artifact": "model.joblib",
-        "description": f"{description}, held-out accuracy {accuracy:.4f}",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-            {"name": "label", "datatype": "INT64", "shape": [-1]},
-        ],
-        "parameters": {"held_out_accuracy": accuracy},
-    })  # fmt: skip
-    return accuracy
-
-
 def build_digits(out: Path) -> float:
     """Train and save the digits classifier; returns held-out accuracy."""
     from sklearn.linear_model import LogisticRegression
 
-    x_train, _, y_train, _ = _digits_split()
+    x_train, _, y_train, _ = digits_split()
     model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
-    return _save_digits(out, model, "logistic regression on sklearn digits")
+    return save_digits(out, model, "logistic regression on sklearn digits")
 
 
 def build_digits_v2(out: Path) -> float:
     """A different classifier for the same endpoint: the rollout demo's new version."""
     from sklearn.neural_network import MLPClassifier
 
-    x_train, _, y_train, _ = _digits_split()
+    x_train, _, y_train, _ = digits_split()
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
     model.fit(x_train, y_train)
-    return _save_digits(out, model, "MLP (one hidden layer of 64) on sklearn digits")
+    return save_digits(out, model, "MLP (one hidden layer of 64) on sklearn digits")
 
 
 def build_embed_int8(out: Path, source: Path) -> None:
@@ -133,7 +107,6 @@ DEMO_VERSIONS = (
 def ensure_demo_models(repo: Path, models: tuple[str, ...] = DEMO_VERSIONS) -> None:
     """Build whichever demo versions (`model/version`, or a bare model: its version 1)
     are missing from `repo`."""
-    from surge.demo.cascade_models import build_digits_big, build_digits_small
     from surge.demo.embed_model import build_embed
 
     builders = {

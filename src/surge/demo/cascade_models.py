@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from surge.demo.build import _digits_split, _save_digits
+from surge.demo.digits import digits_split, save_digits
 
 # RBF width for raw pixels in [0, 16]: the classic setting for this data set; `C` large
 # enough that the margin fits the training set, which the 3-fold calibration then checks.
@@ -31,7 +31,7 @@ def train_digits_small() -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x_train, _, y_train, _ = _digits_split()
+    x_train, _, y_train, _ = digits_split()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     return model.fit(x_train, y_train)
 
@@ -56,7 +56,7 @@ def train_digits_big() -> Any:
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
-    x_train, _, y_train, _ = _digits_split()
+    x_train, _, y_train, _ = digits_split()
     svc = SVC(kernel="rbf", gamma=SVC_GAMMA, C=SVC_C)
     model = CalibratedClassifierCV(svc, method="sigmoid", cv=3, ensemble=False)
     return model.fit(x_train, y_train)
@@ -64,11 +64,11 @@ def train_digits_big() -> Any:
 
 def build_digits_small(out: Path) -> float:
     """Train and save the cascade's cheap tier; returns held-out accuracy."""
-    return _save_digits(out, train_digits_small(), "logistic regression (standardized) on digits")
+    return save_digits(out, train_digits_small(), "logistic regression (standardized) on digits")
 
 
 def build_digits_big(out: Path) -> float:
     """Train and save the cascade's costly tier; returns held-out accuracy."""
-    return _save_digits(
+    return save_digits(
         out, train_digits_big(), "RBF SVC with sigmoid-calibrated probabilities on digits"
     )

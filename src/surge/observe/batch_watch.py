@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from surge.core.tensors import Tensors
 from surge.observe.energy import EnergyMeter
-from surge.runtimes.base import RuntimeSettings, Tensors
+from surge.runtimes.base import RuntimeSettings
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from surge.config_observe import CostConfig
 from surge.core.context import LEGS, RequestContext
+from surge.store.receipts import columns
 
 FREE = CostConfig()
 
@@ -46,21 +47,6 @@ def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, A
         "needs_review": ctx.needs_review,
         "cache_hit": ctx.cache_hit,
         "currency": currency or FREE.currency,
-    }
-
-
-def columns(record: dict[str, Any]) -> dict[str, Any]:
-    """What the store indexes and sums, straight from a record."""
-    runs = record["runs"]
-    live = [r for r in runs if r["role"] == "live"]
-    responded = record["stamps"].get("responded")
-    return {
-        "served_by": live[-1]["model"] if live and record["status"] == 200 else None,
-        "escalated": any(d.get("action") == "escalate" for d in record["decisions"]),
-        "cost": sum(r["cost"] for r in runs),
-        "compute_s": sum(r["compute_s"] for r in runs),
-        "energy_j": sum(r["energy_j"] for r in runs),
-        "total_ms": (responded - record["received"]) * 1000 if responded is not None else 0.0,
     }
 
 

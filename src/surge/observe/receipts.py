@@ -125,15 +125,22 @@ class ReceiptLog:
 
     async def lookup(self, request_id: str) -> list[dict[str, Any]]:
         await self.flush(settle=True)
-        assert self.store is not None
-        return await asyncio.to_thread(self.store.receipts_for, request_id)
+        store = self.store
+        assert store is not None
+        # Rendered on the worker thread too: a page of receipts is real work for the loop.
+        return await asyncio.to_thread(lambda: _rendered(store.receipts_for(request_id)))
 
     async def search(self, selection: ReceiptFilter) -> list[dict[str, Any]]:
         await self.flush(settle=True)
-        assert self.store is not None
-        return await asyncio.to_thread(self.store.list_receipts, selection)
+        store = self.store
+        assert store is not None
+        return await asyncio.to_thread(lambda: _rendered(store.list_receipts(selection)))
 
     async def summary(self, selection: ReceiptFilter) -> dict[str, Any]:
         await self.flush(settle=True)
         assert self.store is not None
         return await asyncio.to_thread(self.store.summarize_receipts, selection)
+
+
+def _rendered(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [render(record) for record in records]

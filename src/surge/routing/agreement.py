@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from surge.runtimes.base import Tensors
+from surge.core.tensors import Tensors
 
 
 def agreement(live: Tensors, candidate: Tensors) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from surge.runtimes.base import Tensors
+from surge.core.tensors import Tensors
 
 PROBABILITIES = "probabilities"
 

@@ -1,10 +1,10 @@
 """The runtime protocol: load an artifact, warm it up, run a batch, describe its tensors.
 
-A runtime sees only numpy arrays keyed by tensor name, the first dimension
-being the batch. BYTES tensors are 1-D object arrays of `bytes`. Runtimes know
-nothing of HTTP, queues or requests; the deployment calls `run` on a worker
-thread, never on the event loop. A runtime that waits on another server also
-reads the batch's `deadline`, so it stops waiting when no caller is left to answer.
+A runtime sees only tensors (`core.tensors`): numpy arrays keyed by tensor name, the
+first dimension being the batch. Runtimes know nothing of HTTP, queues or requests; the
+deployment calls `run` on a worker thread, never on the event loop. A runtime that
+waits on another server also reads the batch's `deadline`, so it stops waiting when no
+caller is left to answer.
 """
 
 from __future__ import annotations
@@ -13,39 +13,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from surge.core.tensors import Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from surge.repository import ModelVersion
-
-# Open Inference Protocol datatypes and their numpy equivalents.
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
-
-Tensors = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1 marks a variable dimension; dimension 0 is the batch
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from surge.core.errors import SurgeError, bad_input
-from surge.runtimes.base import Runtime, Tensors, TensorSpec
+from surge.core.tensors import Tensors, TensorSpec
+from surge.runtimes.base import Runtime
 from surge.runtimes.onnx_session import compare_rows, open_sessions, ort_type
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from surge.core.errors import bad_input
-from surge.runtimes.base import Runtime, Tensors, TensorSpec
+from surge.core.tensors import Tensors, TensorSpec
+from surge.runtimes.base import Runtime
 from surge.runtimes.onnx_session import compare_rows, open_sessions, ort_type
 
 log = logging.getLogger(__name__)

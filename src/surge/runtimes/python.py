@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from surge.core.errors import SurgeError
-from surge.runtimes.base import NUMPY_DTYPES, Runtime, Tensors
+from surge.core.tensors import NUMPY_DTYPES, Tensors
+from surge.runtimes.base import Runtime
 
 
 class PythonRuntime(Runtime):

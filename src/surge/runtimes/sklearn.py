@@ -8,7 +8,8 @@ import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from surge.runtimes.base import Runtime, Tensors
+from surge.core.tensors import Tensors
+from surge.runtimes.base import Runtime
 
 
 class SklearnRuntime(Runtime):

@@ -25,10 +25,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from surge.api.v2_data import from_json
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
-from surge.runtimes.base import NUMPY_DTYPES, Runtime, Tensors
+from surge.core.tensors import NUMPY_DTYPES, Tensors
+from surge.core.v2_data import from_json
+from surge.runtimes.base import Runtime
 
 
 class UpstreamRuntime(Runtime):

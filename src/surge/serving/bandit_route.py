@@ -22,8 +22,8 @@ from surge.config import BanditConfig
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.routing.bandit import Bandit, bandit_from_dict, make_bandit
-from surge.runtimes.base import Tensors
 from surge.serving.target import Hints, RouteBase, Served, Target
 from surge.store.registry import RegistryStore
 

@@ -16,10 +16,11 @@ from typing import Any
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.observe.batch_watch import BatchWatch
 from surge.observe.metrics import EndpointMetrics
 from surge.repository import ModelVersion
-from surge.runtimes.base import Runtime, RuntimeSettings, Tensors
+from surge.runtimes.base import Runtime, RuntimeSettings
 from surge.serving.admission import AdmissionPolicy, QueueState, admit
 from surge.serving.batcher import Batcher, BatchingPolicy, QueuedRequest
 from surge.serving.latency import BatchLatencyModel

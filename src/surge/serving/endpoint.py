@@ -18,9 +18,9 @@ from collections.abc import Callable
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.routing.agreement import agreement
 from surge.routing.split import WeightedSplit, sticky_arm
-from surge.runtimes.base import Tensors
 from surge.serving.deployment import Deployment
 from surge.serving.target import Hints, Served, rows_of
 from surge.serving.version_stats import VersionStats

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.observe.energy import BatchEnergy, EnergyMeter
-from surge.runtimes.base import Runtime, Tensors
+from surge.runtimes.base import Runtime
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from surge.config import CascadeConfig, FallbackConfig, LadderConfig, RulesConfi
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
 from surge.routing.breaker import BreakerPolicy, CircuitBreaker
 from surge.routing.cascade import CascadePolicy, CascadeTier, TierOutcome, judge, merge
 from surge.routing.deadline_ladder import Rung, choose_rung
 from surge.routing.rules import first_match, parse_rules
-from surge.runtimes.base import Tensors
 from surge.serving.admission import completion_estimate_s
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.endpoint import Endpoint

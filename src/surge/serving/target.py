@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from surge.core.errors import SurgeError, bad_input
+from surge.core.tensors import Tensors
 from surge.routing.rules import RequestFacts
-from surge.runtimes.base import Tensors
 
 if TYPE_CHECKING:
     from surge.serving.deployment import Deployment

@@ -1,6 +1,10 @@
 """Receipts over SQL, mixed into `SqlRegistryStore` like the review queue: one set of
 statements for SQLite and PostgreSQL.
 
+The store keeps receipt records (`observe.receipt.record_of`) as they came and hands
+them back as they were; reading them as people do (`observe.receipt.render`) is the
+observability layer's business, so the store never imports it.
+
 Receipts arrive in batches from the receipt writer's thread (never from a request), so
 a batch is one transaction of one multi-row insert. The server opens a store of its own
 for receipts (its own connection and lock), so a burst of receipts never makes an admin
@@ -15,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from surge.observe.receipt import columns, render
 from surge.store.schema import decode_json
 
 T = TypeVar("T")
@@ -57,6 +60,22 @@ class ReceiptFilter:
         return (f"WHERE {' AND '.join(conditions)} " if conditions else ""), tuple(params)
 
 
+def columns(record: dict[str, Any]) -> dict[str, Any]:
+    """What the store indexes and sums, straight from a record (the totals a rendered
+    receipt shows are these too)."""
+    runs = record["runs"]
+    live = [r for r in runs if r["role"] == "live"]
+    responded = record["stamps"].get("responded")
+    return {
+        "served_by": live[-1]["model"] if live and record["status"] == 200 else None,
+        "escalated": any(d.get("action") == "escalate" for d in record["decisions"]),
+        "cost": sum(r["cost"] for r in runs),
+        "compute_s": sum(r["compute_s"] for r in runs),
+        "energy_j": sum(r["energy_j"] for r in runs),
+        "total_ms": (responded - record["received"]) * 1000 if responded is not None else 0.0,
+    }
+
+
 def receipt_row(record: dict[str, Any]) -> tuple[Any, ...]:
     """The indexed columns of a receipt record (see schema.py), then the record as JSON
     (orjson: this runs for every request; NaN, which JSON lacks, becomes null)."""
@@ -90,7 +109,7 @@ class ReceiptTable:
         def _write(self, work: Callable[[Any], T]) -> T: ...
 
     def add_receipts(self, records: list[dict[str, Any]]) -> int:
-        """Store receipt records (`observe.receipt.record_of`); read back rendered."""
+        """Store receipt records (`observe.receipt.record_of`); they read back the same."""
         if not records:
             return 0
         rows = [receipt_row(r) for r in records]
@@ -110,9 +129,10 @@ class ReceiptTable:
             "SELECT CAST(body AS TEXT) FROM {t} WHERE request_id = ? ORDER BY seq DESC LIMIT 20"
         )
         rows = self._read(lambda conn: conn.execute(sql, (request_id,)).fetchall())
-        return [render(decode_json(body)) for (body,) in rows]
+        return [decode_json(body) for (body,) in rows]
 
     def list_receipts(self, selection: ReceiptFilter) -> list[dict[str, Any]]:
+        """The records the selection picks, newest first."""
         where, params = selection.where()
         sql = self._sql(
             f"SELECT CAST(body AS TEXT) FROM {{t}} {where}ORDER BY recorded_at DESC, seq DESC "
@@ -121,7 +141,7 @@ class ReceiptTable:
         rows = self._read(
             lambda conn: conn.execute(sql, (*params, max(0, selection.limit))).fetchall()
         )
-        return [render(decode_json(body)) for (body,) in rows]
+        return [decode_json(body) for (body,) in rows]
 
     def summarize_receipts(self, selection: ReceiptFilter) -> dict[str, Any]:
         """Totals over the selection: what a tenant or endpoint was billed and burned."""

@@ -9,6 +9,9 @@ little-endian unsigned length followed by that many bytes.
 
 Pure functions: no I/O. Errors are `SurgeError` 400s naming the tensor, since
 every failure while decoding is a malformed client request.
+
+Both sides of the protocol use it: the v2 adapter (`api.v2_codec`) and the upstream
+runtime, which decodes a remote v2 server's answer; hence here, not under api/.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from surge.core.errors import SurgeError, bad_input
-from surge.runtimes.base import NUMPY_DTYPES
+from surge.core.tensors import NUMPY_DTYPES
 
 FLOATS = {"FP16", "FP32", "FP64"}
 _LEN = struct.Struct("<I")
