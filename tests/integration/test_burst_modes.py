@@ -4,6 +4,7 @@ cascade's big tier skipped), and a burst flips the mode up and back down by itse
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -62,10 +63,21 @@ def test_forced_emergency_sheds_low_priority_and_skips_the_big_tier(repo, tmp_pa
         )
         assert shed.status_code == 503 and "emergency" in shed.json()["error"]
         assert int(shed.headers["retry-after"]) >= 1
-        kept = client.post("/v2/models/smart/infer", json=v2_body(images))
+        kept = client.post(
+            "/v2/models/smart/infer", json=v2_body(images), headers={"X-Surge-Receipt": "1"}
+        )
         assert kept.status_code == 200
-        assert kept.headers["x-surge-route"].startswith("digits@1")  # tier 0 only
-        assert "escalated" not in kept.headers["x-surge-route"]
+        route = kept.headers["x-surge-route"]
+        assert route.startswith("digits@1")  # tier 0 only
+        assert "escalated" not in route
+        # The rows tier 0 doubts are the mode's cheaper answer, not a human's problem:
+        # degraded, with the mode in the why, and none of them queued for review.
+        assert "degraded" in route and "needs-review" not in route
+        assert "needs_review" not in kept.json().get("parameters", {})
+        receipt = json.loads(kept.headers["x-surge-receipt"])
+        assert receipt["degraded"] is True
+        assert "burst mode 'emergency'" in receipt["why"]
+        assert client.get("/admin/review").json()["items"] == []
         bad = client.post("/v2/models/small/infer", json=v2_body(images),
                           headers={"X-Priority": "high"})  # fmt: skip
         assert bad.status_code == 400

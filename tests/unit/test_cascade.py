@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 
 from surge.routing.cascade import (
-    CascadeDecision,
     CascadePolicy,
     CascadeTier,
     confidence,
-    decisions,
     judge,
     merge,
 )
@@ -122,16 +120,16 @@ def test_a_tier_outside_the_policy_is_refused():
         judge(TWO_TIERS, 2, {"probabilities": PROBS})
 
 
-def test_decisions_record_each_rows_action_for_the_receipt():
-    first = decisions(TWO_TIERS, judge(TWO_TIERS, 0, {"probabilities": PROBS}))
-    assert [d.action for d in first] == ["accept", "escalate", "accept", "escalate"]
-    assert first[1] == CascadeDecision(
-        tier=0, target="small", confidence=pytest.approx(0.40), threshold=0.6, action="escalate"
-    )
-    last = decisions(TWO_TIERS, judge(TWO_TIERS, 1, {"probabilities": PROBS}))
-    assert [d.action for d in last] == ["review", "review", "accept", "review"]
-    with pytest.raises(ValueError):
-        CascadeDecision(0, "small", 0.5, 0.6, "maybe")
+def test_a_burst_mode_that_allows_one_tier_answers_the_unsure_rows_degraded_not_for_review():
+    out = judge(TWO_TIERS, 0, {"probabilities": PROBS}, allowed_tiers=1)
+    np.testing.assert_array_equal(out.degraded_rows, [1, 3])
+    assert len(out.escalate_rows) == 0
+    assert len(out.review_rows) == 0
+    assert out.accepted.all()
+    # With every tier allowed, the same rows escalate as usual.
+    full = judge(TWO_TIERS, 0, {"probabilities": PROBS}, allowed_tiers=2)
+    np.testing.assert_array_equal(full.escalate_rows, [1, 3])
+    assert len(full.degraded_rows) == 0
 
 
 # -- merge --------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ tier, which of the request's original rows it ran on:
 and at the end `merge(n, [(rows, outputs_0), (rows_1, outputs_1), ...])` puts each
 row's final answer (its last tier's) back in the request's order. Rows the last tier is
 still unsure of keep its answer and are flagged `needs_review` (unless review is off).
+When a burst mode allows fewer tiers, the rows the last allowed tier would have sent on
+are answered there and marked degraded instead (they are not doubtful, only cheaper).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -114,28 +116,19 @@ class TierOutcome:
     confidence: np.ndarray  # per row
     escalate_rows: np.ndarray  # int indices (into the tier's input rows) for the next tier
     review_rows: np.ndarray  # int indices flagged needs_review (last tier, review on)
+    # Rows that would have escalated but a burst mode allows no further tier: answered by
+    # this tier as a degraded answer (not doubtful ones: nobody reviews them).
+    degraded_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp))
 
 
-ACCEPT, ESCALATE, REVIEW = "accept", "escalate", "review"
+def judge(
+    policy: CascadePolicy, tier: int, outputs: Tensors, allowed_tiers: int | None = None
+) -> TierOutcome:
+    """Which rows tier `tier` answers, which go on, and which need a human.
 
-
-@dataclass(frozen=True)
-class CascadeDecision:
-    """What the request context records for one row at one tier (for receipts)."""
-
-    tier: int
-    target: str
-    confidence: float
-    threshold: float
-    action: str  # "accept" | "escalate" | "review"
-
-    def __post_init__(self) -> None:
-        if self.action not in (ACCEPT, ESCALATE, REVIEW):
-            raise ValueError(f"unknown cascade action {self.action!r}")
-
-
-def judge(policy: CascadePolicy, tier: int, outputs: Tensors) -> TierOutcome:
-    """Which rows tier `tier` answers, which go on, and which need a human."""
+    `allowed_tiers` is how many tiers a burst mode lets run (None: all). At the last
+    allowed tier, rows that would escalate are answered there, degraded: the cheaper
+    answer is the mode's choice, not a doubt for a human to settle."""
     if not 0 <= tier < len(policy.tiers):
         raise ValueError(f"tier {tier} is outside the cascade's {len(policy.tiers)} tiers")
     spec = policy.tiers[tier]
@@ -143,22 +136,14 @@ def judge(policy: CascadePolicy, tier: int, outputs: Tensors) -> TierOutcome:
     passed = conf >= spec.threshold
     none = np.empty(0, dtype=np.intp)
     if tier < len(policy.tiers) - 1:
+        if allowed_tiers is not None and tier >= allowed_tiers - 1:
+            held = np.flatnonzero(~passed)
+            return TierOutcome(tier, np.ones_like(passed), conf, none, none, held)
         return TierOutcome(tier, passed, conf, np.flatnonzero(~passed), none)
     if not policy.review:
         # nobody above the last tier: its answer stands whatever its confidence
         return TierOutcome(tier, np.ones_like(passed), conf, none, none)
     return TierOutcome(tier, passed, conf, none, np.flatnonzero(~passed))
-
-
-def decisions(policy: CascadePolicy, outcome: TierOutcome) -> tuple[CascadeDecision, ...]:
-    """One decision per row the tier ran on, in the tier's row order."""
-    spec = policy.tiers[outcome.tier]
-    actions = np.where(outcome.accepted, ACCEPT, ESCALATE).astype(object)
-    actions[outcome.review_rows] = REVIEW
-    return tuple(
-        CascadeDecision(outcome.tier, spec.target, float(c), float(spec.threshold), str(a))
-        for c, a in zip(outcome.confidence, actions, strict=True)
-    )
 
 
 def merge(rows: int, per_tier: list[tuple[np.ndarray, Tensors]]) -> Tensors:

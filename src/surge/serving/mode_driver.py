@@ -181,7 +181,7 @@ class ModeDriver:
             endpoint.shadow_enabled = switches.shadow
         for route in self.routes.values():
             if isinstance(route, CascadeRoute):
-                route.allowed_tiers = switches.allowed_tiers
+                route.limit_tiers(switches.allowed_tiers, change.to_mode)
         self.shed_below = switches.shed_priorities_below
         cap = switches.default_timeout_ms
         self.timeout_cap_s = None if cap is None else cap / 1000.0

@@ -54,7 +54,9 @@ class CascadeRoute(RouteBase):
             review=config.review,
         )
         self.review = review
-        self.allowed_tiers: int | None = None  # a burst mode may skip the costly tiers
+        # A burst mode may skip the costly tiers: how many may run, and which mode says so.
+        self.allowed_tiers: int | None = None
+        self.limiting_mode: str | None = None
         self.counts: Counter[tuple[str, str]] = Counter()  # (model@version, action) -> requests
 
     @property
@@ -65,23 +67,27 @@ class CascadeRoute(RouteBase):
     def accepting(self) -> bool:
         return self.targets[0].accepting
 
-    def _policy_now(self) -> CascadePolicy:
-        if self.allowed_tiers is None or self.allowed_tiers >= len(self.policy.tiers):
-            return self.policy
-        return CascadePolicy(self.policy.tiers[: self.allowed_tiers], review=self.policy.review)
+    def limit_tiers(self, allowed: int | None, mode: str) -> None:
+        """A burst mode's switch: run at most `allowed` tiers (None: all of them)."""
+        self.allowed_tiers = allowed
+        self.limiting_mode = mode if allowed is not None else None
 
     async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
-        policy = self._policy_now()
+        policy = self.policy
+        allowed = self.allowed_tiers
+        if allowed is not None and allowed >= len(policy.tiers):
+            allowed = None
         rows = rows_of(tensors)
         indices = np.arange(rows)  # which of the request's rows the current tier sees
         current = tensors
         answered: list[tuple[np.ndarray, Tensors]] = []
         for i in range(len(policy.tiers)):
             served = await self.targets[i].infer(ctx, current, hints)
-            outcome = judge(policy, i, served.outputs)
+            outcome = judge(policy, i, served.outputs, allowed)
             answered.append((indices, served.outputs))
             ref = served.deployment.spec.version.ref
-            self.counts[ref, self._record(ctx, policy, outcome, len(indices), ref)] += 1
+            action = self._record(ctx, policy, outcome, len(indices), ref, self.limiting_mode)
+            self.counts[ref, action] += 1
             if len(outcome.review_rows):
                 review = outcome.review_rows
                 ctx.needs_review = indices[review].tolist()
@@ -102,7 +108,12 @@ class CascadeRoute(RouteBase):
 
     @staticmethod
     def _record(
-        ctx: RequestContext, policy: CascadePolicy, outcome: TierOutcome, rows: int, ref: str
+        ctx: RequestContext,
+        policy: CascadePolicy,
+        outcome: TierOutcome,
+        rows: int,
+        ref: str,
+        mode: str | None,
     ) -> str:
         tier = policy.tiers[outcome.tier]
         lowest = float(np.min(outcome.confidence)) if len(outcome.confidence) else 1.0
@@ -117,6 +128,16 @@ class CascadeRoute(RouteBase):
             reason = f"{len(outcome.escalate_rows)} of {rows} row(s) {below}: escalated to {up}"
             ctx.decide("cascade", ref, reason, action="escalate", **numbers)
             return "escalate"
+        if len(outcome.degraded_rows):
+            up = policy.tiers[outcome.tier + 1].target
+            reason = (
+                f"{len(outcome.degraded_rows)} of {rows} row(s) {below} would escalate to {up}, "
+                f"but burst mode {mode!r} runs only {outcome.tier + 1} tier(s): answered here, "
+                "degraded"
+            )
+            ctx.degraded = True
+            ctx.decide("cascade", ref, reason, action="degraded", mode=mode, **numbers)
+            return "degraded"
         if len(outcome.review_rows):
             reason = (
                 f"{len(outcome.review_rows)} of {rows} row(s) {below} at the last tier: "
