@@ -77,3 +77,51 @@ def test_not_ready_or_draining_is_503_with_retry_after():
     with pytest.raises(SurgeError) as info:
         decide(accepting=False)
     assert info.value.status == 503 and info.value.retry_after_s == 1.0
+
+
+IDLE = state()  # nothing queued, no replica busy
+
+
+def burst_then_quiet() -> tuple[BatchLatencyModel, float]:
+    """Warm-up at ~5 ms a batch, then a burst of back-to-back batches that took 400 ms
+    each under contention; the model, and when the burst's last batch finished."""
+    latency = BatchLatencyModel()
+    for rows in (1, 4, 10) * 3:
+        latency.observe_warmup(rows, 0.005)
+    now = 1000.0
+    for i in range(60):
+        now += 0.4
+        latency.observe((10, 7, 4)[i % 3], 0.4, finished_at=now)
+    return latency, now
+
+
+def test_an_idle_deployment_admits_again_soon_after_a_burst_measured_under_contention():
+    # The incident: a 4-row request to an idle endpoint refused in 0.5 ms as infeasible,
+    # and nothing could correct it, since refused requests teach the model nothing.
+    latency, burst_end = burst_then_quiet()
+    for quiet_s in (1.0, 5.0, 600.0):
+        now = burst_end + quiet_s
+        decide(now=now, deadline=now + 0.300, rows=4, st=IDLE, latency=latency)
+        assert completion_estimate_s(4, IDLE, latency, POLICY, now=now) < 0.150
+
+
+def test_right_after_a_burst_or_under_load_the_measured_contention_still_counts():
+    latency, burst_end = burst_then_quiet()
+    with pytest.raises(SurgeError) as info:  # the last slow batch has only just finished
+        decide(now=burst_end + 0.01, deadline=burst_end + 0.31, rows=4, st=IDLE, latency=latency)
+    assert info.value.code == "deadline_infeasible"
+    # Work queued or running means the batches ahead run under the load just measured,
+    # however long ago the last one finished: the long queue is refused at once.
+    now = burst_end + 60.0
+    for busy in (state(requests=1, busy=1), state(requests=30, busy=1)):
+        with pytest.raises(SurgeError) as info:
+            decide(now=now, deadline=now + 0.300, rows=4, st=busy, latency=latency)
+        assert info.value.code == "deadline_infeasible"
+
+
+def test_without_a_clock_the_estimate_is_the_measured_one():
+    # Callers that pass no `now` (a route comparing targets) get what the batches measured.
+    latency, _ = burst_then_quiet()
+    assert completion_estimate_s(4, IDLE, latency, POLICY) == pytest.approx(
+        latency.estimate_s(4) + POLICY.max_queue_delay_s
+    )

@@ -34,10 +34,23 @@ class AdmissionPolicy:
 
 
 def completion_estimate_s(
-    rows: int, state: QueueState, latency: BatchLatencyModel, policy: AdmissionPolicy
+    rows: int,
+    state: QueueState,
+    latency: BatchLatencyModel,
+    policy: AdmissionPolicy,
+    now: float | None = None,
 ) -> float:
-    """Expected seconds from now until a new request of `rows` rows has its answer."""
+    """Expected seconds from `now` until a new request of `rows` rows has its answer.
+
+    With nothing queued or running, the request's batch runs alone at once: it is
+    estimated as a batch on an idle deployment (`idle_estimate_s`), so contention a
+    past burst measured does not refuse it for ever. Without `now`, and whenever work
+    is queued or running, the batches ahead cost what the last batches measured."""
     batch = policy.max_batch_size
+    idle = state.queued_requests == 0 and state.busy_replicas == 0
+    if now is not None and idle and rows <= batch:
+        estimate = latency.idle_estimate_s(rows, now)
+        return estimate + (policy.max_queue_delay_s if rows < batch else 0.0)
     total_rows = state.queued_rows + rows
     batches = math.ceil(total_rows / batch)
     waves = math.ceil(batches / state.replicas)
@@ -84,7 +97,7 @@ def admit(
             429,
             wait,
         )
-    estimate = completion_estimate_s(rows, state, latency, policy)
+    estimate = completion_estimate_s(rows, state, latency, policy, now)
     if now + estimate > deadline:
         raise SurgeError(
             "deadline_infeasible",

@@ -121,7 +121,7 @@ class Deployment:
             for n in range(self.spec.warmup_batches + 1):
                 result = replica.execute([inputs])
                 if n:  # the very first call of a shape pays one-off allocation costs
-                    self.latency.observe(size, result.compute_end - result.compute_start)
+                    self.latency.observe_warmup(size, result.compute_end - result.compute_start)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting; wait for queued and running work. True if all finished."""
@@ -220,8 +220,7 @@ class Deployment:
         while True:
             self._waker = loop.create_future()
             now = self.clock()
-            next_batch_rows = min(self.batcher.queued_rows, self.spec.batching.max_batch_size)
-            step = self.batcher.step(now, len(self._idle), self.latency.estimate_s(next_batch_rows))
+            step = self.batcher.step(now, len(self._idle), self._next_batch_s(now))
             for request in step.expired:
                 if not request.payload.future.done():
                     self.metrics.count_rejection("deadline_expired_in_queue")
@@ -236,6 +235,15 @@ class Deployment:
             await self._waker
             if timer is not None:
                 timer.cancel()
+
+    def _next_batch_s(self, now: float) -> float:
+        """How long the next batch will run: with no replica busy it runs alone, at the
+        cost admission assumed for an idle deployment; a request admitted on that cost
+        must not be expired in the queue on the estimate a past burst left behind."""
+        rows = min(self.batcher.queued_rows, self.spec.batching.max_batch_size)
+        if len(self._idle) == len(self.replicas):
+            return self.latency.idle_estimate_s(rows, now)
+        return self.latency.estimate_s(rows)
 
     def _launch(self, replica: Replica, batch: list[Pending], now: float) -> None:
         live = [p for p in batch if not p.future.done()]  # drop requests whose caller left
@@ -275,7 +283,7 @@ class Deployment:
     def _record(self, batch: list[Pending], result: BatchResult) -> None:
         rows = sum(p.ctx.rows for p in batch)
         seconds = result.compute_end - result.compute_start
-        self.latency.observe(rows, seconds)
+        self.latency.observe(rows, seconds, finished_at=result.compute_end)
         m = self.metrics
         m.batch_size.observe(rows)
         m.compute.observe(seconds)

@@ -4,17 +4,26 @@ Batch latency is modelled as `fixed + per_row * rows`, fitted by exponentially
 weighted least squares so the estimate follows the machine as load changes.
 Warm-up feeds it batches of several sizes before the first request arrives,
 so admission has numbers from the start.
+
+Batches measured under load carry that load's contention, and an estimate learned
+only from batches that ran never corrects itself once it refuses everything: a
+refused request teaches it nothing. So time counts as well as batches. The past
+loses weight for every second the deployment stood idle between two batches (not
+while it works back to back), and a deployment with nothing queued or running is
+estimated between what warm-up measured with nothing else running and what the
+last batches measured, moving from the latter to the former as the quiet lasts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
-class BatchLatencyModel:
-    decay: float = 0.95  # weight kept by the past at each new observation
+class LinearFit:
+    """`fixed + per_row * rows` by weighted least squares; `weight` scales the past."""
+
     _w: float = 0.0
     _x: float = 0.0
     _y: float = 0.0
@@ -24,16 +33,13 @@ class BatchLatencyModel:
     _fixed_s: float = 0.0
     _per_row_s: float = 0.0
     _flat_up_to: float = 0.0  # set when every batch had one size: up to it, the cost is flat
-    observations: int = 0
 
-    def observe(self, rows: int, seconds: float) -> None:
-        d = self.decay
-        self._w = d * self._w + 1.0
-        self._x = d * self._x + rows
-        self._y = d * self._y + seconds
-        self._xx = d * self._xx + rows * rows
-        self._xy = d * self._xy + rows * seconds
-        self.observations += 1
+    def add(self, rows: int, seconds: float, weight: float) -> None:
+        self._w = weight * self._w + 1.0
+        self._x = weight * self._x + rows
+        self._y = weight * self._y + seconds
+        self._xx = weight * self._xx + rows * rows
+        self._xy = weight * self._xy + rows * seconds
         self._flat_up_to = 0.0
         self._fit()
 
@@ -66,6 +72,61 @@ class BatchLatencyModel:
         if self._flat_up_to:
             return self._per_row_s * rows
         return self._fixed_s + self._per_row_s * rows
+
+
+@dataclass
+class BatchLatencyModel:
+    decay: float = 0.95  # weight kept by the past at each new observation
+    # Idle seconds that halve what the past counts for: the contention a burst measured
+    # fades this fast once nothing runs. Short, because admitting on an idle deployment
+    # risks little (one batch on a replica that had nothing to do), while refusing there
+    # turns a burst's leftover estimate into refusals that nothing would correct.
+    idle_half_life_s: float = 0.5
+    _recent: LinearFit = field(default_factory=LinearFit)  # every batch: cost under load now
+    _warm: LinearFit = field(default_factory=LinearFit)  # warm-up: cost with nothing else running
+    _last_finished_at: float | None = None
+    observations: int = 0
+
+    def observe_warmup(self, rows: int, seconds: float) -> None:
+        """A warm-up batch: it ran before any traffic, so it also says what a batch costs
+        on a deployment with nothing else to do."""
+        self._warm.add(rows, seconds, self.decay)
+        self.observe(rows, seconds)
+
+    def observe(self, rows: int, seconds: float, *, finished_at: float | None = None) -> None:
+        """A batch of `rows` took `seconds`, finishing at `finished_at` (monotonic; None
+        when unknown: the past then fades by count alone)."""
+        weight = self.decay
+        if finished_at is not None:
+            last = self._last_finished_at
+            if last is not None:
+                # Only the time nothing ran between the last batch and this one: batches
+                # back to back (or overlapping, on several replicas) fade by count alone.
+                weight *= self._fade(max(0.0, finished_at - seconds - last))
+                finished_at = max(finished_at, last)
+            self._last_finished_at = finished_at
+        self._recent.add(rows, seconds, weight)
+        self.observations += 1
+
+    def _fade(self, idle_s: float) -> float:
+        return 0.5 ** (idle_s / self.idle_half_life_s)
+
+    def estimate_s(self, rows: int) -> float:
+        """Expected seconds for a batch of `rows` rows under present load (0 before any
+        observation)."""
+        return self._recent.estimate_s(rows)
+
+    def idle_estimate_s(self, rows: int, now: float) -> float:
+        """Expected seconds for a batch of `rows` rows on a deployment with nothing queued
+        or running at `now`: what load measured, fading towards the warm-up cost while
+        the deployment has stood idle since its last batch finished."""
+        measured = self.estimate_s(rows)
+        if self._last_finished_at is None:
+            return measured
+        warm = self._warm.estimate_s(rows)  # 0 without warm-up: then towards nothing known
+        if measured <= warm:
+            return measured
+        return warm + (measured - warm) * self._fade(max(0.0, now - self._last_finished_at))
 
     def drain_rate(self, batch_rows: int, replicas: int) -> float:
         """Rows per second the deployment clears when batches are `batch_rows` big."""
