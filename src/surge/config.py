@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,11 @@ class RolloutConfig(Strict):
     def _steps_drive_a_canary(cls, steps: list[float]) -> list[float]:
         check_steps_percent(steps)  # the controller's own rule, checked at load
         return steps
+
+    def policy(self) -> RolloutPolicy:
+        """The rollout controller's policy with these limits (a field here for each)."""
+        limits = {f.name: getattr(self, f.name) for f in fields(RolloutPolicy)}
+        return RolloutPolicy(**{**limits, "steps_percent": tuple(self.steps_percent)})
 
 
 class EndpointConfig(Strict):

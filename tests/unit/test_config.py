@@ -81,10 +81,10 @@ def test_bad_rollout_steps_are_refused_when_the_config_loads(tmp_path, steps, wo
 
 
 def test_the_rollout_policy_is_built_from_the_config_with_the_same_defaults():
-    defaults = RolloutPolicy.from_config(RolloutConfig())
+    defaults = RolloutConfig().policy()
     assert defaults == RolloutPolicy()
     assert defaults.min_step_s == RolloutConfig().min_step_s
-    tuned = RolloutPolicy.from_config(RolloutConfig(steps_percent=[10, 100], min_step_s=2))
+    tuned = RolloutConfig(steps_percent=[10, 100], min_step_s=2).policy()
     assert (tuned.steps_percent, tuned.min_step_s) == ((10, 100), 2)
 
 

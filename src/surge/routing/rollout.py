@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from surge.config import RolloutConfig
+from dataclasses import dataclass
+from typing import Any
 
 
 def check_steps_percent(steps: Sequence[float]) -> None:
@@ -34,9 +31,9 @@ def check_steps_percent(steps: Sequence[float]) -> None:
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    """The limits a rollout is judged by; `from_config` builds it from an endpoint's
-    `rollout:` section, whose fields document each limit. These defaults are the only
-    copy: the config schema takes its defaults from here."""
+    """The limits a rollout is judged by; `RolloutConfig.policy()` builds it from an
+    endpoint's `rollout:` section, whose fields document each limit. These defaults are
+    the only copy: the config schema takes its defaults from here."""
 
     steps_percent: tuple[float, ...] = (1, 5, 25, 50, 100)
     min_requests: int = 100
@@ -46,12 +43,6 @@ class RolloutPolicy:
     min_latency_samples: int = 100  # a p99 of fewer samples is just the slowest one
     min_shadow_agreement: float = 0.95
     breach_min_requests: int = 10
-
-    @classmethod
-    def from_config(cls, rollout: RolloutConfig) -> RolloutPolicy:
-        """The policy of an endpoint's rollout config (it has a field for each limit)."""
-        limits = {f.name: getattr(rollout, f.name) for f in fields(cls)}
-        return cls(**{**limits, "steps_percent": tuple(rollout.steps_percent)})
 
     def __post_init__(self) -> None:
         check_steps_percent(self.steps_percent)

@@ -18,6 +18,7 @@ from typing import Any
 from surge.config import Config
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
+from surge.core.periodic import Periodic
 from surge.routing.rollout import (
     Advance,
     Decision,
@@ -45,7 +46,7 @@ def policy_of(config: Config, endpoint: str) -> RolloutPolicy:
     refuses what the policy would, so only a config changed in memory since it was
     validated can fail here; that is the server's config at fault, never a 500."""
     try:
-        return RolloutPolicy.from_config(config.endpoints[endpoint].rollout)
+        return config.endpoints[endpoint].rollout.policy()
     except ValueError as exc:
         raise SurgeError(
             "invalid_config",
@@ -74,7 +75,7 @@ class Rollouts:
         self.waiting_for: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.versions = VersionLifecycle(factory, store, config.server.shutdown_grace_s, wall_clock)
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker: Periodic | None = None
 
     # -- start-up: the registry says what serves --------------------------------------
 
@@ -147,11 +148,12 @@ class Rollouts:
         interval = min(
             (e.rollout.evaluate_interval_s for e in self.config.endpoints.values()), default=1.0
         )
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(interval))
+        self._ticker = Periodic("rollout evaluation", interval, self._evaluate_all, logger=log)
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
+        if self._ticker is not None:
+            await self._ticker.stop()
         await self.versions.wait_retired()
 
     # -- operations -------------------------------------------------------------------
@@ -290,17 +292,15 @@ class Rollouts:
 
     # -- the controller loop ---------------------------------------------------------------
 
-    async def _tick_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            for name in list(self.controllers):
-                if self._lock(name).locked():
-                    continue  # an operator's change is under way; judge again next tick
-                try:
-                    async with self._lock(name):
-                        await self.evaluate(name)
-                except Exception:  # the loop must outlive one bad evaluation; it is logged
-                    log.exception("rollout evaluation of %s failed", name)
+    async def _evaluate_all(self) -> None:
+        for name in list(self.controllers):
+            if self._lock(name).locked():
+                continue  # an operator's change is under way; judge again next tick
+            try:
+                async with self._lock(name):
+                    await self.evaluate(name)
+            except Exception:  # one endpoint's failure must not skip the others; logged
+                log.exception("rollout evaluation of %s failed", name)
 
     async def evaluate(self, name: str) -> Decision | None:
         """One controller step for `name` (the timer calls it; tests may too)."""
