@@ -1,13 +1,21 @@
-"""The embeddings runtime called directly: the ceiling any server of it can reach.
+"""The embeddings model called directly: the ceiling any server of it can reach.
 
-No HTTP, no event loop, no queue: the orchestrator's own thread calls
-`runtime.run` back to back. This is the denominator of the HTTP ratios and
-the setting for the int8-vs-fp32 comparison.
+No HTTP, no event loop, no queue. Two ways, side by side:
+- the reference (`reference_embed.py`, in its own process): onnxruntime +
+  tokenizers + numpy written apart from surge. Its best emb/s is the
+  in-process limit, the denominator of the HTTP ratios, so a slowdown inside
+  surge's runtime shows in the ratios instead of hiding on both sides;
+- surge's own `EmbeddingsRuntime.run` called back to back from this process,
+  for comparison with the reference, and for the int8-vs-fp32 comparison.
+The two must agree on the vectors (cosine within 1e-5), which is checked here.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +28,7 @@ import yaml
 
 from benchmarks.loadgen import percentiles
 from benchmarks.report import Report, busy_note
-from benchmarks.servers import machine_busy, wait_for_quiet
+from benchmarks.servers import REPO_ROOT, machine_busy, wait_for_quiet
 from benchmarks.settings import BATCH_SIZES, Settings
 from benchmarks.workload import SENTENCES, varied_sentences
 from surge.config import DEMO_CONFIG
@@ -153,50 +161,135 @@ def demo_layout(cores: int) -> tuple[int, int]:
     return replicas, int(embed.get("threads_per_replica") or max(1, cores // replicas))
 
 
-def bench_inprocess(
-    settings: Settings, report: Report, log: Callable[[str], None]
-) -> dict[str, float]:
-    """(1) emb/s at each batch size. Returns the best ("limit"), the HTTP benchmarks'
-    denominator, and ("layout") the best of the demo's replica layout run the same way,
-    when that layout differs from one runtime on every core.
-
-    Other processes can only slow a run down, so the best of the rounds at each size is
-    the closest to the undisturbed figure.
-    """
+def run_reference(settings: Settings, vectors: Path) -> dict[str, Any]:
+    """The reference sweep (reference_embed.py) in its own interpreter: nothing of surge
+    is imported there. Its progress lines pass through to this process's stderr."""
     d = settings.durations
-    runtime = load_embed(settings.repository, settings.threads)
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.reference_embed",
+        str(settings.repository / "embed" / "1"),
+        f"--threads={settings.threads}",
+        f"--seconds={d.inprocess_s:g}",
+        f"--rounds={d.inprocess_rounds}",
+        f"--quiet-wait={d.quiet_wait_s:g}",
+        f"--vectors={vectors}",
+    ]
+    budget = 120 + len(BATCH_SIZES) * d.inprocess_rounds * (d.inprocess_s + d.quiet_wait_s + 5)
+    done = subprocess.run(argv, stdout=subprocess.PIPE, cwd=REPO_ROOT, timeout=budget, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"reference_embed failed ({done.returncode}); see its stderr above")
+    return json.loads(done.stdout)
+
+
+def runtime_sweep(
+    runtime: Runtime, settings: Settings, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """surge's runtime at each batch size; the best of the rounds at each size."""
+    d = settings.durations
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in BATCH_SIZES}
     for _ in range(d.inprocess_rounds):
         for size in BATCH_SIZES:
             wait_for_quiet(log, max_wait_s=d.quiet_wait_s)
             result = throughput(runtime, SENTENCES, size, d.inprocess_s, 100_000)
             log(
-                f"inprocess batch {size}: {result['emb_per_s']} emb/s, "
+                f"surge runtime batch {size}: {result['emb_per_s']} emb/s, "
                 f"{result['process_cores']} cores, background {result['background_cores']}"
             )
             runs[size].append(result)
+    return [max(rs, key=lambda r: r["emb_per_s"]) for rs in runs.values()]
+
+
+def compare_vectors(runtime: Runtime, vectors: Path) -> dict[str, Any]:
+    """1 - cosine between the reference's vectors and surge's runtime's, on the same
+    texts in the same batches (so both pad the same way)."""
+    reference = np.load(vectors)
+    ours = {
+        "sentences": embed_all(runtime, SENTENCES, len(SENTENCES))[0],
+        "varied": embed_all(runtime, varied_sentences(256), 32)[0],
+    }
+    out: dict[str, Any] = {}
+    for name, candidate in ours.items():
+        distance = 1.0 - cosine_rows(reference[name], candidate)
+        out[name] = {"texts": len(candidate), "max": float(distance.max())}
+        out[name]["mean"] = float(distance.mean())
+    out["max"] = max(out["sentences"]["max"], out["varied"]["max"])
+    return out
+
+
+def bench_inprocess(
+    settings: Settings, report: Report, log: Callable[[str], None]
+) -> dict[str, float]:
+    """(1) emb/s at each batch size. Returns the best of the reference ("limit"), the HTTP
+    benchmarks' denominator; the best of surge's runtime ("runtime"), for comparison; and
+    ("layout") the best of the demo's replica layout run the same way, when that layout
+    differs from one runtime on every core.
+
+    Other processes can only slow a run down, so the best of the rounds at each size is
+    the closest to the undisturbed figure.
+    """
+    d = settings.durations
+    vectors = settings.workdir / "reference_vectors.npz"
+    reference = run_reference(settings, vectors)
+    best = reference["best"]
+    log(f"reference: best {best['emb_per_s']} emb/s at batch {best['batch_size']}")
+    runtime = load_embed(settings.repository, settings.threads)
+    sweep = runtime_sweep(runtime, settings, log)
+    agreement = compare_vectors(runtime, vectors)
+    log(f"reference vs surge runtime: 1 - cosine max {agreement['max']:.2e}")
     del runtime
     gc.collect()
-    sweep = [max(rs, key=lambda r: r["emb_per_s"]) for rs in runs.values()]
-    best = max(sweep, key=lambda r: r["emb_per_s"])
-    report.details["inprocess"] = {"threads": settings.threads, "runs": runs}
+    top = max(sweep, key=lambda r: r["emb_per_s"])
+    report.details["inprocess"] = {
+        "threads": settings.threads,
+        "reference": reference,
+        "surge_runtime": sweep,
+        "reference_vs_runtime_1_minus_cosine": agreement,
+    }
     report.add(
         "inprocess",
-        "best throughput (the in-process limit)",
+        "in-process limit (reference: onnxruntime + tokenizers + numpy, no surge)",
         best["emb_per_s"],
         "emb/s",
-        f"1 runtime x {settings.threads} ORT threads, batch {best['batch_size']}" + busy_note(best),
+        f"{settings.threads} ORT threads, tokenizer in the timed loop, batch "
+        f"{best['batch_size']}" + busy_note(best),
+    )
+    for r in reference["per_size"]:
+        report.add(
+            "inprocess",
+            f"reference, batch {r['batch_size']}",
+            r["emb_per_s"],
+            "emb/s",
+            f"batch p50 {r['batch_ms_p50']:.1f} ms, {r['process_cores']} cores busy" + busy_note(r),
+        )
+    report.add(
+        "inprocess",
+        "surge runtime (EmbeddingsRuntime.run), best",
+        top["emb_per_s"],
+        "emb/s",
+        f"batch {top['batch_size']}; {top['emb_per_s'] / best['emb_per_s']:.3f}x the reference"
+        + busy_note(top),
     )
     for r in sweep:
         report.add(
             "inprocess",
-            f"batch {r['batch_size']}",
+            f"surge runtime, batch {r['batch_size']}",
             r["emb_per_s"],
             "emb/s",
             f"batch p50 {r['batch_ms']['p50']:.1f} ms, {r['process_cores']} cores busy"
             + busy_note(r),
         )
-    limits = {"limit": best["emb_per_s"]}
+    report.judge(
+        "inprocess",
+        "reference vs surge runtime: 1 - cosine, max",
+        agreement["max"],
+        "<=",
+        1e-5,
+        "",
+        f"{len(SENTENCES)} benchmark sentences (one batch) and 256 varied texts (batches of 32)",
+    )
+    limits = {"limit": best["emb_per_s"], "runtime": top["emb_per_s"]}
     replicas, threads = demo_layout(settings.threads)
     if (replicas, threads) != (1, settings.threads):
         runtimes = [load_embed(settings.repository, threads) for _ in range(replicas)]

@@ -13,6 +13,9 @@ e.g. normal -> burst -> normal; `duration_s` is then their sum). With `samples:
 true` the result also lists every request as [scheduled offset s, outcome,
 latency s from the scheduled time, the response header `record_header` or null].
 
+With `deadline_s` the result also counts the 200s answered within that many seconds
+of their send (`ok_within_deadline`).
+
 Every run stops at `duration_s` or `max_requests`, whichever comes first, and
 targets only 127.0.0.1. It reads a JSON spec on stdin and prints a JSON result
 on stdout; `run_loadgen` does both from the orchestrator.
@@ -196,6 +199,11 @@ async def main_async(spec: dict[str, Any]) -> dict[str, Any]:
     total = sum(rec.status.values())
     ok = rec.status.get("200", 0)
     extra: dict[str, Any] = {}
+    if spec.get("deadline_s"):
+        # 200s that reached the client within the deadline of their send (send to answer)
+        extra["ok_within_deadline"] = sum(
+            1 for x in rec.service.get("200", []) if x <= spec["deadline_s"]
+        )
     if rec.samples is not None:
         # perf_counter is CLOCK_MONOTONIC on Linux, the server's clock too: offsets line up
         extra = {"started_at": rec.started, "samples": sorted(rec.samples)}

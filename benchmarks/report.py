@@ -36,6 +36,7 @@ class Figure:
     target: str = ""  # e.g. "≥ 0.9 x"; empty: reported, not judged
     met: bool | None = None  # None: no target
     note: str = ""
+    headline: int = 0  # > 0: one of the issue's figures, in this place of the headline table
 
 
 @dataclass
@@ -55,11 +56,12 @@ class Report:
         threshold: float,
         unit: str = "",
         note: str = "",
+        headline: int = 0,
     ) -> None:
         """A figure with a target; a value the run could not measure counts as not met."""
         met = value is not None and OPS[op](value, threshold)
         target = f"{SYMBOLS[op]} {threshold:g}{' ' + unit if unit else ''}"
-        self.figures.append(Figure(bench, name, value, unit, target, met, note))
+        self.figures.append(Figure(bench, name, value, unit, target, met, note, headline))
 
     def guarded(self, bench: str, body: Callable[[], object], log: Callable[[str], None]) -> None:
         """Run one benchmark; a failure is reported as a figure and the others still run."""
@@ -172,6 +174,21 @@ def markdown(report: Report, machine: dict[str, Any], title: str) -> str:
         f"commit {machine.get('git', {}).get('commit', '?')}"
         + (" (src/ modified)" if machine.get("git", {}).get("src_modified") else ""),
         "",
+    ]
+    headline = sorted((f for f in report.figures if f.headline), key=lambda f: f.headline)
+    if headline:
+        lines += [
+            "## The issue's figures",
+            "",
+            "| figure | value | target | result | notes |",
+            "|---|---:|---|---|---|",
+        ]
+        for f in headline:
+            value = f"{_fmt(f.value)} {f.unit}".strip()
+            lines.append(f"| {f.name} | {value} | {f.target} | {mark[f.met]} | {f.note} |")
+        met = sum(1 for f in headline if f.met)
+        lines += ["", f"{met} of {len(headline)} met.", "", "## Every figure", ""]
+    lines += [
         "| benchmark | figure | value | target | result | notes |",
         "|---|---|---:|---|---|---|",
     ]

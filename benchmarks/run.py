@@ -32,7 +32,7 @@ from surge.config import cpu_count
 # In report order. The in-process ones run first, with no server running;
 # the demo-server ones share one server process (embed_http.py).
 BENCHES = {
-    "inprocess": "(1) the embeddings runtime called directly, at its best batch size",
+    "inprocess": "(1) the embeddings model in process: a reference apart from surge, and surge's",
     "http": "(2) embed over HTTP, closed loop at 8/32/64 clients (wrk; aiohttp cross-check)",
     "openloop": "(3) embed over HTTP, Poisson arrivals at 50 % and 90 % of capacity",
     "noop": "(4) the no-op endpoint vs a bare Starlette app on the same uvicorn",

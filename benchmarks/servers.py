@@ -217,12 +217,46 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
         batches = delta.get(f'surge_batch_size_rows_count{{endpoint="{endpoint}"}}', 0.0)
         if batches:
             out[endpoint] = {"batches": batches, "mean_batch_rows": round(rows / batches, 2)}
+            # Replica time from the replica thread's own clock, every version summed: from
+            # picking a batch up to handing its answers back (runtime.run and the hooks
+            # around it); compute (the stage histogram, one sample per batch) is run alone.
+            prefix = f'surge_replica_busy_seconds_total{{endpoint="{endpoint}",'
+            busy = [v for k, v in delta.items() if k.startswith(prefix)]
+            if busy:
+                out[endpoint]["replica_busy_s"] = round(sum(busy), 4)
+            compute = f'surge_stage_latency_seconds_sum{{endpoint="{endpoint}",stage="compute"}}'
+            if compute in delta:
+                out[endpoint]["compute_s"] = round(delta[compute], 4)
             for stage in ("queue_wait", "batch_formation", "compute", "total"):
                 key = f'surge_stage_latency_seconds_%s{{endpoint="{endpoint}",stage="{stage}"}}'
                 n = delta.get(key % "count", 0.0)
                 if n:
                     out[endpoint][f"mean_{stage}_ms"] = round(delta[key % "sum"] / n * 1000, 2)
     return out
+
+
+def replica_utilisation(
+    run: dict[str, Any], endpoint: str, replicas: int
+) -> dict[str, float] | None:
+    """How much of a run's wall time the endpoint's replicas spent on batches, from the
+    server's own counters (`surge_replica_busy_seconds_total`, and the compute stage's
+    `_sum`), with the mean batch and the mean idle gap between one batch and the next."""
+    m = run.get("server_metrics", {}).get(endpoint)
+    window = run.get("metrics_window_s")
+    if not m or not window or "replica_busy_s" not in m:
+        return None
+    capacity = window * max(1, replicas)  # replica-seconds available in the window
+    busy = m["replica_busy_s"]
+    return {
+        "replicas": replicas,
+        "window_s": window,
+        "busy_share": round(busy / capacity, 3),
+        "compute_share": round(m.get("compute_s", 0.0) / capacity, 3),
+        "batches": m["batches"],
+        "mean_batch_rows": m["mean_batch_rows"],
+        "mean_busy_ms": round(busy / m["batches"] * 1000, 2),
+        "mean_idle_gap_ms": round(max(0.0, capacity - busy) / m["batches"] * 1000, 2),
+    }
 
 
 def wait_for_quiet(
@@ -260,10 +294,14 @@ def measure(
     """
     quiet_before = wait_for_quiet(log, max_wait_s=quiet_wait_s)
     metrics_before = scrape_metrics(server.url)
+    scraped_before = time.monotonic()
     before, busy_before, steal_before = server.cpu(), machine_busy(), machine_steal()
     result = load()
     after, busy_after, steal_after = server.cpu(), machine_busy(), machine_steal()
+    scraped_after = time.monotonic()
     result["server_metrics"] = metrics_delta(metrics_before, scrape_metrics(server.url))
+    # The wall time the counters above cover (the load plus the generator's start and stop).
+    result["metrics_window_s"] = round(scraped_after - scraped_before, 4)
     result["background_cores_before"] = round(quiet_before, 3)
     cpu = after.since(before)
     wall = max(after.wall - before.wall, 1e-9)

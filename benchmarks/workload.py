@@ -120,8 +120,11 @@ V2_BODIES = [
     json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [s]}]})
     for s in SENTENCES
 ]
-OPENAI_BODIES = [
-    json.dumps({"model": "embed", "input": [s], "encoding_format": "float"}) for s in SENTENCES
+# The OpenAI route as a plain HTTP client calls it (no encoding_format: float vectors).
+OPENAI_BODIES = [json.dumps({"model": "embed", "input": s}) for s in SENTENCES]
+# What the official `openai` Python client sends by default: base64-encoded vectors.
+OPENAI_BASE64_BODIES = [
+    json.dumps({"model": "embed", "input": s, "encoding_format": "base64"}) for s in SENTENCES
 ]
 NOOP_BODY = json.dumps(
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
