@@ -12,7 +12,6 @@ is on the receipt. Reads (the admin API) use a store connection of this process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Any
 
 from surge.config_observe import CostConfig, ReceiptsConfig
 from surge.core.context import RequestContext
+from surge.core.periodic import Periodic
 from surge.observe.cost import CostLedger
 from surge.observe.receipt import record_of, render
 from surge.observe.sink_client import SinkClient
@@ -51,7 +51,10 @@ class ReceiptLog:
         self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)  # records
         self.buffer_full = 0
         self._flushing = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._writer = Periodic(
+            "receipt writer", config.flush_interval_s, self._write_round, logger=log
+        )
+        self._next_sweep = 0.0  # monotonic time of the next retention sweep
 
     # -- the request path --------------------------------------------------------------
 
@@ -71,13 +74,11 @@ class ReceiptLog:
         # Reads get a connection of this process (it also creates the schema); writes go
         # to the sink, which opens its own.
         self.store = await asyncio.to_thread(open_store, self.url)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="receipt-writer")
+        self._next_sweep = time.monotonic()
+        self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._writer.stop()
         await self.flush()  # what was answered before shutdown is still receipted
         await asyncio.to_thread(self.sink.close)
         if self.store is not None:
@@ -85,18 +86,12 @@ class ReceiptLog:
             if close is not None:
                 close()
 
-    async def _run(self) -> None:
-        next_sweep = time.monotonic()
-        while True:
-            await asyncio.sleep(self.config.flush_interval_s)
-            try:
-                await self.flush()
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + RETENTION_SWEEP_S
-                    cutoff = time.time() - self.config.retention_s
-                    await asyncio.to_thread(self.sink.delete_before, cutoff)
-            except Exception:  # the writer must outlive any one bad batch
-                log.exception("receipt writer failed a round; it goes on")
+    async def _write_round(self) -> None:
+        await self.flush()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + RETENTION_SWEEP_S
+            cutoff = time.time() - self.config.retention_s
+            await asyncio.to_thread(self.sink.delete_before, cutoff)
 
     async def flush(self, settle: bool = False) -> None:
         """Send everything buffered now; with `settle`, also wait (bounded) until the sink

@@ -22,6 +22,7 @@ from surge.config import BanditConfig
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.core.periodic import Periodic
 from surge.core.tensors import Tensors
 from surge.routing.bandit import Bandit, bandit_from_dict, make_bandit
 from surge.serving.target import Hints, RouteBase, Served, Target
@@ -85,7 +86,9 @@ class BanditRoute(RouteBase):
         self._synced: dict[str, Any] | None = None
         self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.counts: Counter[tuple[str, str]] = Counter()  # (target, "chosen" | "rewarded")
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = Periodic(
+            f"bandit {name} sync", config.sync_s, self.sync, first_tick_now=True, logger=log
+        )
 
     @property
     def key(self) -> str:
@@ -149,19 +152,10 @@ class BanditRoute(RouteBase):
         self._synced = merged
 
     def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._sync_forever())
-
-    async def _sync_forever(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except Exception:  # the loop must outlive a store hiccup; it is logged
-                log.exception("bandit %s: sync failed", self.name)
-            await asyncio.sleep(self.config.sync_s)
+        self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
+        await self._ticker.stop()
         try:
             await self.sync()  # keep what was learned since the last sync
         except Exception:

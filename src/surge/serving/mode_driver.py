@@ -15,6 +15,7 @@ from typing import Any
 from surge.config import ModesConfig
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
+from surge.core.periodic import Periodic
 from surge.observe.metrics import LATENCY_BUCKETS_S, Metrics
 from surge.observe.quantiles import histogram_quantile
 from surge.routing.modes import LoadSignals, ModeChange, ModeController, ModePolicy, default_policy
@@ -54,7 +55,9 @@ class ModeDriver:
         self.shed_below: int | None = None
         self.timeout_cap_s: float | None = None
         self._last_counts: tuple[list[int], int, int] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker = Periodic(
+            "mode evaluation", config.evaluate_interval_s, self.tick, logger=log
+        )
         self.changes_total = 0
 
     @property
@@ -82,19 +85,10 @@ class ModeDriver:
 
     def start(self) -> None:
         if self.config.enabled:
-            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+            self._ticker.start()
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.evaluate_interval_s)
-            try:
-                await self.tick()
-            except Exception:  # the loop must outlive one bad sample; it is logged
-                log.exception("mode evaluation failed")
+        await self._ticker.stop()
 
     async def tick(self) -> ModeChange | None:
         self.signals = self.sample()
