@@ -15,10 +15,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from surge.api import admin, dashboard, feedback, openai, receipts, v2
 from surge.api.errors import http_error_handler, surge_error_handler
-from surge.api.middleware import RequestIdMiddleware
+from surge.api.inference_routes import InferenceRoutes
+from surge.api.middleware import WANTED, RequestIdMiddleware
 from surge.api.state import ServerState
 from surge.config import Config, load_worker_config
 from surge.core.errors import SurgeError
@@ -29,7 +31,7 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.surge.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(config: Config, state: ServerState | None = None) -> Starlette:
+def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
     """`state` may be passed in so the process that runs the server can reach it (SIGTERM)."""
     server_state = state or ServerState(config)
 
@@ -43,8 +45,9 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
         finally:
             await server_state.shutdown()
 
-    return Starlette(
-        # Inference routes first: Starlette tries routes in order, and they are the hot path.
+    wanted = frozenset({config.observability.receipts.inline_header.lower().encode("latin-1")})
+    framework = Starlette(
+        # Inference routes first: Starlette tries routes in order.
         routes=[
             *v2.INFER_ROUTES,
             *openai.INFER_ROUTES,
@@ -56,14 +59,7 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
             *dashboard.ROUTES,
             Route("/metrics", metrics),
         ],
-        middleware=[
-            Middleware(
-                RequestIdMiddleware,
-                extra_headers=frozenset(
-                    {config.observability.receipts.inline_header.lower().encode("latin-1")}
-                ),
-            )
-        ],
+        middleware=[Middleware(RequestIdMiddleware, extra_headers=wanted)],
         exception_handlers={
             SurgeError: surge_error_handler,
             HTTPException: http_error_handler,
@@ -71,6 +67,8 @@ def create_app(config: Config, state: ServerState | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # The inference POSTs are answered in front of the framework (inference_routes.py).
+    return InferenceRoutes(framework, server_state, v2.infer, openai.embeddings, WANTED | wanted)
 
 
 def _drain_on_sigterm(state: ServerState) -> None:
@@ -88,7 +86,7 @@ def _drain_on_sigterm(state: ServerState) -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """Factory for multi-worker mode: each worker process builds its own app."""
     config = load_worker_config()
     configure_logging(config.server.log_level, config.observability.logs.format)

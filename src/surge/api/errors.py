@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
+from surge.api.exchange import Answer
 from surge.core.errors import SurgeError
+
+if TYPE_CHECKING:
+    from surge.api.state import ServerState
 
 log = logging.getLogger("surge.api")
 
@@ -27,9 +33,11 @@ def _openai_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def render(request: Request, error: SurgeError) -> Response:
-    path = request.url.path
-    request_id = request.scope.get("surge.request_id", "")
+def error_answer(scope: Scope, state: ServerState | None, error: SurgeError) -> Answer:
+    """The error in its protocol's shape, with the request's books closed: the answer is
+    counted and, when a request context was made, its receipt says why it failed."""
+    path = scope.get("path", "")
+    request_id = scope.get("surge.request_id", "")
     if path.startswith("/v2"):
         body: dict = {"error": error.message}
     elif path.startswith("/v1"):
@@ -40,13 +48,17 @@ def render(request: Request, error: SurgeError) -> Response:
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-    state = getattr(request.app.state, "surge", None)
     if state is not None:
-        state.count_answer(request.scope.get("surge.endpoint"), error.status)
-        ctx = request.scope.get("surge.ctx")
+        state.count_answer(scope.get("surge.endpoint"), error.status)
+        ctx = scope.get("surge.ctx")
         if ctx is not None and not ctx.status:  # not finished yet: its receipt says why
-            state.observer.finish(ctx, error.status, error.code, request.scope["surge.headers"])
-    return Response(orjson.dumps(body), error.status, headers, "application/json")
+            state.observer.finish(ctx, error.status, error.code, scope["surge.headers"])
+    return Answer(orjson.dumps(body), error.status, headers)
+
+
+def render(request: Request, error: SurgeError) -> Response:
+    answer = error_answer(request.scope, getattr(request.app.state, "surge", None), error)
+    return Response(answer.body, answer.status, answer.headers, answer.content_type)
 
 
 async def surge_error_handler(request: Request, exc: Exception) -> Response:

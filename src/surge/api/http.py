@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from surge.api.exchange import Exchange
 from surge.core.clock import monotonic
 from surge.core.context import LEGS, RequestContext
 from surge.core.errors import SurgeError, bad_input
@@ -17,12 +18,12 @@ if TYPE_CHECKING:
     from surge.serving.mode_driver import ModeDriver
 
 
-def header(request: Request, name: bytes) -> str | None:
-    """A request header collected by `RequestIdMiddleware` (lower-case name)."""
+def header(request: Request | Exchange, name: bytes) -> str | None:
+    """A request header collected on arrival (lower-case name; `middleware.WANTED`)."""
     return request.scope["surge.headers"].get(name)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request | Exchange, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes."""
     declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -68,18 +69,18 @@ def _too_large(size: int, limit: int) -> SurgeError:
     )
 
 
-def admit_by_mode(request: Request, modes: ModeDriver) -> None:
+def admit_by_mode(exchange: Exchange, modes: ModeDriver) -> None:
     """In a mode that sheds low priorities, refuse such a request before any work."""
     if modes.shed_below is not None:
-        modes.admit(parse_priority(header(request, b"x-priority")))
+        modes.admit(parse_priority(exchange.header(b"x-priority")))
 
 
-def new_context(request: Request, endpoint: str, default_timeout_s: float) -> RequestContext:
+def new_context(exchange: Exchange, endpoint: str, default_timeout_s: float) -> RequestContext:
     """The request's context, with its deadline from `X-Request-Timeout-Ms` or the default."""
-    scope = request.scope
+    scope = exchange.scope
     received = scope.get("surge.received") or monotonic()
     timeout_s = default_timeout_s
-    raw = header(request, b"x-request-timeout-ms")
+    raw = exchange.header(b"x-request-timeout-ms")
     if raw is not None:
         try:
             timeout_ms = float(raw)
@@ -95,19 +96,19 @@ def new_context(request: Request, endpoint: str, default_timeout_s: float) -> Re
     # Kept on the scope so an error answered anywhere later still finishes the context
     # (a receipt for a 429 or 504 too).
     scope["surge.ctx"] = ctx
-    request.app.state.surge.observer.begin(ctx, scope["surge.headers"])
+    exchange.state.observer.begin(ctx, scope["surge.headers"])
     return ctx
 
 
-def finish_answer(request: Request, ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
+def finish_answer(exchange: Exchange, ctx: RequestContext, served_by: Deployment) -> dict[str, str]:
     """Close a 200 answer's books (metrics, receipt, trace, access log); its headers."""
-    state = request.app.state.surge
+    state = exchange.state
     now = monotonic()
     ctx.stamp("responded", now)
     served_by.metrics.total.observe(now - ctx.received)
     state.count_answer(ctx.endpoint, 200)
     observer = state.observer
-    inline = observer.finish(ctx, 200, None, request.scope["surge.headers"])
+    inline = observer.finish(ctx, 200, None, exchange.scope["surge.headers"])
     headers = response_headers(ctx, served_by, observer.stage_timing)
     if inline is not None:
         headers[observer.config.receipts.inline_header] = inline

@@ -24,6 +24,20 @@ WANTED = frozenset(
 )
 
 
+def collect_headers(
+    raw: list[tuple[bytes, bytes]], wanted: frozenset[bytes]
+) -> tuple[str, dict[bytes, str]]:
+    """The request id (the client's, if it sent a usable one) and the wanted headers."""
+    client_id = None
+    found: dict[bytes, str] = {}
+    for key, value in raw:
+        if key == b"x-request-id":
+            client_id = value.decode("latin-1")
+        elif key in wanted:
+            found[key] = value.decode("latin-1")
+    return accept_request_id(client_id), found
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp, extra_headers: frozenset[bytes] = frozenset()) -> None:
         self.app = app
@@ -35,15 +49,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         scope["surge.received"] = monotonic()
-        client_id = None
-        wanted: dict[bytes, str] = {}
-        names = self.wanted
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                client_id = value.decode("latin-1")
-            elif key in names:
-                wanted[key] = value.decode("latin-1")
-        request_id = accept_request_id(client_id)
+        request_id, wanted = collect_headers(scope["headers"], self.wanted)
         scope["surge.request_id"] = request_id
         scope["surge.headers"] = wanted
         header = (b"x-request-id", request_id.encode("latin-1"))

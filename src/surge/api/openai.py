@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from surge.api.exchange import Answer, Exchange, via_starlette
 from surge.api.http import (
     admit_by_mode,
     finish_answer,
@@ -83,9 +84,9 @@ def _parse(body: bytes) -> EmbeddingsRequest:
     return EmbeddingsRequest(model, texts, encoding, dimensions, user, len(body))
 
 
-async def embeddings(request: Request) -> Response:
-    state = _state(request)
-    parsed = _parse(await read_body(request, state.config.server.max_body_bytes))
+async def embeddings(exchange: Exchange) -> Answer:
+    state = exchange.state
+    parsed = _parse(await read_body(exchange, state.config.server.max_body_bytes))
     target = state.target(parsed.model)
     deployment = target.interface()  # what it takes (a route: its first endpoint's)
     text_input = _text_input(deployment)
@@ -95,8 +96,8 @@ async def embeddings(request: Request) -> Response:
         )
     modes = state.modes
     assert modes is not None  # the lifespan starts it before any request
-    admit_by_mode(request, modes)
-    ctx = new_context(request, target.name, modes.timeout_s(deployment.spec.timeout_s))
+    admit_by_mode(exchange, modes)
+    ctx = new_context(exchange, target.name, modes.timeout_s(deployment.spec.timeout_s))
     max_items = deployment.spec.batching.max_batch_size
     if len(parsed.texts) > max_items:
         raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")
@@ -108,7 +109,7 @@ async def embeddings(request: Request) -> Response:
     tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
     ctx.stamp("validated", monotonic())
     params = {"user": parsed.user} if parsed.user else None
-    hints = Hints(request.scope["headers"], params, parsed.body_bytes)
+    hints = Hints(exchange.scope["headers"], params, parsed.body_bytes)
     served = await target.infer(ctx, tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
@@ -126,11 +127,10 @@ async def embeddings(request: Request) -> Response:
         "model": target.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return Response(
+    return Answer(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         200,
-        finish_answer(request, ctx, deployment),
-        "application/json",
+        finish_answer(exchange, ctx, deployment),
     )
 
 
@@ -142,5 +142,6 @@ async def models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
-INFER_ROUTES = [Route("/v1/embeddings", embeddings, methods=["POST"])]
+# POSTs are answered by `inference_routes.InferenceRoutes` in front of Starlette.
+INFER_ROUTES = [Route("/v1/embeddings", via_starlette(embeddings), methods=["POST"])]
 ROUTES = [Route("/v1/models", models)]

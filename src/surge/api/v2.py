@@ -8,11 +8,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge import __version__
+from surge.api.exchange import Answer, Exchange, via_starlette
 from surge.api.http import (
     admit_by_mode,
     decompress,
     finish_answer,
-    header,
     new_context,
     read_body,
 )
@@ -68,9 +68,9 @@ async def metadata(request: Request) -> Response:
     )
 
 
-async def infer(request: Request) -> Response:
-    state = _state(request)
-    params = request.path_params
+async def infer(exchange: Exchange) -> Answer:
+    state = exchange.state
+    params = exchange.path_params
     version = params.get("version")
     target = state.target(params["model"])
     # What the endpoint takes: its stable version (or the pinned one), or for a route the
@@ -78,11 +78,11 @@ async def infer(request: Request) -> Response:
     interface = target.interface(version)
     modes = state.modes
     assert modes is not None  # the lifespan starts it before any request
-    admit_by_mode(request, modes)
-    ctx = new_context(request, target.name, modes.timeout_s(interface.spec.timeout_s))
+    admit_by_mode(exchange, modes)
+    ctx = new_context(exchange, target.name, modes.timeout_s(interface.spec.timeout_s))
     limit = state.config.server.max_body_bytes
-    body = decompress(await read_body(request, limit), header(request, b"content-encoding"), limit)
-    header_length = header(request, b"inference-header-content-length")
+    body = decompress(await read_body(exchange, limit), exchange.header(b"content-encoding"), limit)
+    header_length = exchange.header(b"inference-header-content-length")
     if header_length is not None and not header_length.isdigit():
         raise bad_input(
             f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
@@ -96,7 +96,7 @@ async def infer(request: Request) -> Response:
         interface.spec.batching.max_batch_size,
     )
     ctx.stamp("validated", monotonic())
-    hints = Hints(request.scope["headers"], parsed.parameters, len(body), version)
+    hints = Hints(exchange.scope["headers"], parsed.parameters, len(body), version)
     served = await target.infer(ctx, parsed.tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment
@@ -110,16 +110,18 @@ async def infer(request: Request) -> Response:
         binary_output_default=parsed.binary_output_default,
         parameters={"needs_review": ctx.needs_review} if ctx.needs_review else None,
     )
-    headers = finish_answer(request, ctx, deployment)
+    headers = finish_answer(exchange, ctx, deployment)
     if json_length is None:
-        return Response(payload, 200, headers, JSON)
+        return Answer(payload, 200, headers)
     headers["Inference-Header-Content-Length"] = str(json_length)
-    return Response(payload, 200, headers, "application/octet-stream")
+    return Answer(payload, 200, headers, "application/octet-stream")
 
 
+# POSTs to these paths are answered by `inference_routes.InferenceRoutes` in front of
+# Starlette; the router keeps them so other methods get their 405.
 INFER_ROUTES = [
-    Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-    Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{model}/infer", via_starlette(infer), methods=["POST"]),
+    Route("/v2/models/{model}/versions/{version}/infer", via_starlette(infer), methods=["POST"]),
 ]
 ROUTES = [
     Route("/v2", server_metadata),
