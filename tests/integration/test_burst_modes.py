@@ -116,3 +116,23 @@ def test_a_burst_raises_the_mode_and_calm_brings_it_back_down(repo, tmp_path):
         final = wait_for(lambda: (m := mode())["mode"] == "normal" and m, 15, "calm")
         ups = [c for c in final["history"] if c["to"] != "normal" and c["from"] == "normal"]
         assert len(ups) == 1, final["history"]  # up once, down, no flapping
+
+
+def test_impossible_client_deadlines_do_not_switch_the_mode(repo, tmp_path):
+    # Refusing a deadline no idle deployment could meet is the caller's problem, not a
+    # sign of overload: 60 of them must not put the server in emergency mode (which
+    # would then cap everyone's deadline at 250 ms and shed priority 0).
+    body = v2_body(load_digits().data.astype(np.float32)[:1])
+    with (
+        run_server(config(repo), tmp_path) as server,
+        httpx.Client(base_url=server.url, headers=ADMIN) as client,
+    ):
+        for _ in range(60):
+            r = client.post(
+                "/v2/models/small/infer", json=body, headers={"X-Request-Timeout-Ms": "0.001"}
+            )
+            assert r.status_code == 504
+        time.sleep(0.5)  # several evaluations (every 0.1 s)
+        state = client.get("/admin/mode").json()
+        assert state["mode"] == "normal", state["history"]
+        assert client.post("/v2/models/small/infer", json=body).status_code == 200

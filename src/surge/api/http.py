@@ -75,11 +75,15 @@ def admit_by_mode(exchange: Exchange, modes: ModeDriver) -> None:
         modes.admit(parse_priority(exchange.header(b"x-priority")))
 
 
-def new_context(exchange: Exchange, endpoint: str, default_timeout_s: float) -> RequestContext:
-    """The request's context, with its deadline from `X-Request-Timeout-Ms` or the default."""
+def new_context(
+    exchange: Exchange, endpoint: str, default_timeout_s: float, modes: ModeDriver
+) -> RequestContext:
+    """The request's context, with its deadline from `X-Request-Timeout-Ms`, else the
+    endpoint's default (shortened by a burst mode's cap when one applies)."""
     scope = exchange.scope
     received = scope.get("surge.received") or monotonic()
-    timeout_s = default_timeout_s
+    timeout_s = modes.timeout_s(default_timeout_s)
+    deadline_from = "endpoint" if timeout_s >= default_timeout_s else "mode"
     raw = exchange.header(b"x-request-timeout-ms")
     if raw is not None:
         try:
@@ -91,8 +95,10 @@ def new_context(exchange: Exchange, endpoint: str, default_timeout_s: float) -> 
                 f"X-Request-Timeout-Ms must be milliseconds in (0, 3600000), got {raw!r}"
             )
         timeout_s = timeout_ms / 1000.0
+        deadline_from = "client"
     scope["surge.endpoint"] = endpoint
     ctx = RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
+    ctx.deadline_from = deadline_from
     # Kept on the scope so an error answered anywhere later still finishes the context
     # (a receipt for a 429 or 504 too).
     scope["surge.ctx"] = ctx

@@ -79,7 +79,7 @@ async def infer(exchange: Exchange) -> Answer:
     modes = state.modes
     assert modes is not None  # the lifespan starts it before any request
     admit_by_mode(exchange, modes)
-    ctx = new_context(exchange, target.name, modes.timeout_s(interface.spec.timeout_s))
+    ctx = new_context(exchange, target.name, interface.spec.timeout_s, modes)
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(exchange, limit), exchange.header(b"content-encoding"), limit)
     header_length = exchange.header(b"inference-header-content-length")

@@ -55,6 +55,10 @@ class RequestContext:
     status: int = 0  # the HTTP status answered
     error: str | None = None  # the error code, when not 200
     cache_hit: bool = False
+    # Who set the deadline: the caller ("client", X-Request-Timeout-Ms), the endpoint's
+    # `timeout_ms` ("endpoint"), or a burst mode's cap on it ("mode"). A refusal of a
+    # deadline the mode itself shortened is no evidence of overload (see admission.py).
+    deadline_from: str = "endpoint"
 
     def decide(self, policy: str, choice: str, reason: str, **numbers: Any) -> None:
         self.decisions.append({"policy": policy, "choice": choice, "reason": reason, **numbers})

@@ -65,6 +65,9 @@ class EndpointMetrics:
     batch_size: LoopHistogram = field(default_factory=lambda: LoopHistogram(BATCH_BUCKETS))
     responses: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
     rejections: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # Refusals that say the deployment lacks capacity (what burst modes react to): not
+    # those of a deadline no idle deployment could meet, nor of one a mode shortened.
+    overload_refusals: int = 0
     queue_depth: int = 0
     inflight: int = 0
     ready: bool = False
@@ -72,8 +75,10 @@ class EndpointMetrics:
     def count_response(self, status: int) -> None:
         self.responses[status] = self.responses.get(status, 0) + 1
 
-    def count_rejection(self, reason: str) -> None:
+    def count_rejection(self, reason: str, overload: bool = False) -> None:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        if overload:
+            self.overload_refusals += 1
 
 
 class Metrics(Collector):

@@ -107,3 +107,22 @@ def admit(
             504,
             retry_after_s(state, latency, policy),
         )
+
+
+DEADLINE_REFUSALS = frozenset(
+    {"deadline_infeasible", "deadline_expired_in_queue", "deadline_exceeded"}
+)
+
+
+def signals_overload(code: str, deadline_from: str, budget_s: float, unloaded_s: float) -> bool:
+    """Whether a refusal is evidence that the deployment lacks capacity, the signal burst
+    modes rise on. A full queue is. A missed or infeasible deadline is, unless a burst
+    mode's own cap set it (counting those kept emergency mode, with its 250 ms deadlines,
+    refusing everything for ever: measured on the demo under a closed loop) or the caller
+    asked for less time than the batch takes on an idle deployment (`unloaded_s`): any
+    client could otherwise switch modes with `X-Request-Timeout-Ms: 0.001`."""
+    if code == "queue_full":
+        return True
+    if code not in DEADLINE_REFUSALS or deadline_from == "mode":
+        return False
+    return deadline_from != "client" or budget_s >= unloaded_s

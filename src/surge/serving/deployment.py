@@ -21,7 +21,7 @@ from surge.observe.batch_watch import BatchWatch
 from surge.observe.metrics import EndpointMetrics
 from surge.repository import ModelVersion
 from surge.runtimes.base import Runtime, RuntimeSettings
-from surge.serving.admission import AdmissionPolicy, QueueState, admit
+from surge.serving.admission import AdmissionPolicy, QueueState, admit, signals_overload
 from surge.serving.batcher import Batcher, BatchingPolicy, QueuedRequest
 from surge.serving.latency import BatchLatencyModel
 from surge.serving.replica import BatchResult, Replica, split
@@ -165,7 +165,7 @@ class Deployment:
                 endpoint=self.name,
             )
         except SurgeError as refusal:
-            self.metrics.count_rejection(refusal.code)
+            self._count_refusal(refusal.code, ctx)
             raise
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         key = self.replicas[0].runtime.batch_key(tensors)
@@ -191,7 +191,7 @@ class Deployment:
     def _deadline_passed(self, future: asyncio.Future[Tensors], ctx: RequestContext) -> None:
         if future.done():
             return
-        self.metrics.count_rejection("deadline_exceeded")
+        self._count_refusal("deadline_exceeded", ctx)
         future.set_exception(
             SurgeError(
                 "deadline_exceeded",
@@ -200,6 +200,12 @@ class Deployment:
                 504,
             )
         )
+
+    def _count_refusal(self, code: str, ctx: RequestContext) -> None:
+        unloaded_s = self.latency.unloaded_estimate_s(ctx.rows)
+        budget_s = ctx.deadline - ctx.received
+        overload = signals_overload(code, ctx.deadline_from, budget_s, unloaded_s)
+        self.metrics.count_rejection(code, overload)
 
     def queue_state(self) -> QueueState:
         return QueueState(
@@ -223,7 +229,7 @@ class Deployment:
             step = self.batcher.step(now, len(self._idle), self._next_batch_s(now))
             for request in step.expired:
                 if not request.payload.future.done():
-                    self.metrics.count_rejection("deadline_expired_in_queue")
+                    self._count_refusal("deadline_expired_in_queue", request.payload.ctx)
                     self._fail(request.payload, _expired_in_queue())
             if step.batch:
                 self._launch(self._idle.pop(), [r.payload for r in step.batch], now)

@@ -7,10 +7,8 @@ so admission has numbers from the start.
 
 Batches measured under load carry that load's contention, and an estimate learned
 only from batches that ran never corrects itself once it refuses everything: a
-refused request teaches it nothing. So time counts as well as batches. The past
-loses weight for every second the deployment stood idle between two batches (not
-while it works back to back), and a deployment with nothing queued or running is
-estimated between what warm-up measured with nothing else running and what the
+refused request teaches it nothing. So a deployment with nothing queued or running
+is estimated between what warm-up measured with nothing else running and what the
 last batches measured, moving from the latter to the former as the quiet lasts.
 """
 
@@ -94,18 +92,18 @@ class BatchLatencyModel:
         self.observe(rows, seconds)
 
     def observe(self, rows: int, seconds: float, *, finished_at: float | None = None) -> None:
-        """A batch of `rows` took `seconds`, finishing at `finished_at` (monotonic; None
-        when unknown: the past then fades by count alone)."""
-        weight = self.decay
+        """A batch of `rows` took `seconds`, finishing at `finished_at` (monotonic).
+
+        The fit forgets by count, not by time: fading it over idle gaps threw away the
+        several batch sizes warm-up measured, and a fit left with one small size
+        extrapolates every larger batch as proportionally dearer. Under a closed loop
+        that refused nearly everything (a 4-row batch costing "32x" a 1-row one), and
+        refusals make more idle gaps: it never recovered. Time counts only for an idle
+        deployment (`idle_estimate_s`)."""
         if finished_at is not None:
             last = self._last_finished_at
-            if last is not None:
-                # Only the time nothing ran between the last batch and this one: batches
-                # back to back (or overlapping, on several replicas) fade by count alone.
-                weight *= self._fade(max(0.0, finished_at - seconds - last))
-                finished_at = max(finished_at, last)
-            self._last_finished_at = finished_at
-        self._recent.add(rows, seconds, weight)
+            self._last_finished_at = finished_at if last is None else max(finished_at, last)
+        self._recent.add(rows, seconds, self.decay)
         self.observations += 1
 
     def _fade(self, idle_s: float) -> float:
@@ -115,6 +113,11 @@ class BatchLatencyModel:
         """Expected seconds for a batch of `rows` rows under present load (0 before any
         observation)."""
         return self._recent.estimate_s(rows)
+
+    def unloaded_estimate_s(self, rows: int) -> float:
+        """What a batch of `rows` rows costs with nothing else running (warm-up's
+        measurement; what load measured when there was no warm-up)."""
+        return self._warm.estimate_s(rows) or self.estimate_s(rows)
 
     def idle_estimate_s(self, rows: int, now: float) -> float:
         """Expected seconds for a batch of `rows` rows on a deployment with nothing queued

@@ -25,8 +25,6 @@ from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.modes")
 
-REFUSED = (429, 503, 504)
-
 
 def policy_from(config: ModesConfig) -> ModePolicy:
     base = default_policy()
@@ -108,10 +106,10 @@ class ModeDriver:
         for m in self.metrics.endpoints.values():
             for i, count in enumerate(m.total.counts):
                 buckets[i] += count
-            for status, count in m.responses.items():
-                answered += count
-                if status in REFUSED:
-                    refused += count
+            answered += sum(m.responses.values())
+            # Only refusals that show a lack of capacity: not the mode's own sheds and
+            # capped deadlines, nor deadlines no idle deployment could meet (admission.py).
+            refused += m.overload_refusals
         last = self._last_counts or (buckets, answered, refused)
         self._last_counts = (buckets, answered, refused)
         delta = [a - b for a, b in zip(buckets, last[0], strict=True)]
@@ -120,7 +118,7 @@ class ModeDriver:
         return LoadSignals(
             queue_fill=min(1.0, fill),
             p99_ratio=p99 / (self.config.target_p99_ms / 1000.0),
-            rejection_rate=(refused - last[2]) / offered if offered else 0.0,
+            rejection_rate=min(1.0, (refused - last[2]) / offered) if offered else 0.0,
         )
 
     # -- operator --------------------------------------------------------------------------
