@@ -1,9 +1,9 @@
 """`surge receipts` and `surge costs`: the CLI face of /admin/receipts and /admin/costs.
 
-    surge receipts REQUEST_ID                 one request's receipt: what ran, why, cost, energy
-    surge receipts [--endpoint E] [--tenant T] [--since -1h] [--degraded] [--escalated] [--limit N]
-    surge receipts --summary [filters]        totals: count, cost, energy, escalated, degraded
-    surge costs                               per endpoint and version, with the idle line
+surge receipts REQUEST_ID                 one request's receipt: what ran, why, cost, energy
+surge receipts [--endpoint E] [--tenant T] [--since -1h] [--degraded] [--escalated] [--limit N]
+surge receipts --summary [filters]        totals: count, cost, energy, escalated, degraded
+surge costs                               per endpoint and version, with the idle line
 """
 
 from __future__ import annotations

@@ -108,7 +108,14 @@ def test_a_receipt_explains_escalation_and_degradation_in_plain_fields(backend, 
         assert receipt["cost"]["total"] == pytest.approx(sum(r["cost"] for r in receipt["runs"]))
         assert receipt["energy"]["joules"] > 0 and receipt["energy"]["source"] == "estimate"
         assert list(receipt["stages_ms"]) == [
-            "validate", "route", "admit", "queue", "batch", "compute", "post_route", "respond"
+            "validate",
+            "route",
+            "admit",
+            "queue",
+            "batch",
+            "compute",
+            "post_route",
+            "respond",
         ]
 
         degraded = client.get(f"/admin/receipts/hurried-{backend}", headers=ADMIN).json()
@@ -154,9 +161,10 @@ def test_a_receipt_explains_escalation_and_degradation_in_plain_fields(backend, 
         assert inline.status_code == 200
         doc = json.loads(inline.headers["x-surge-receipt"])
         assert doc["id"] == inline.headers["x-request-id"] and doc["runs"][0]["rows"] == 2
-        assert "x-surge-receipt" not in client.post(
-            "/v2/models/smart/infer", json=v2_body(images[:1])
-        ).headers
+        assert (
+            "x-surge-receipt"
+            not in client.post("/v2/models/smart/infer", json=v2_body(images[:1])).headers
+        )
 
         # Cost and energy totals are exported, and the idle line is its own series.
         metrics = client.get("/metrics").text
