@@ -45,6 +45,11 @@ class SqliteRegistryStore(SqlRegistryStore):
             if self.path != ":memory:":
                 # WAL: readers in other worker processes never block the writer, nor it them.
                 conn.execute("PRAGMA journal_mode = WAL")
+                # NORMAL: in WAL mode a commit is not synced to disk, only checkpoints
+                # are. A crashed process loses nothing (the OS has the WAL); a power
+                # loss may lose the last commits, never the database. FULL synced every
+                # receipt batch: a third of the receipt sink's CPU, measured.
+                conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
             raise
