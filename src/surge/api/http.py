@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from surge.api.exchange import Exchange
 from surge.core.clock import monotonic
-from surge.core.context import LEGS, RequestContext
+from surge.core.context import RequestContext, legs
 from surge.core.errors import SurgeError, bad_input
 from surge.serving.target import parse_priority
 
@@ -142,13 +142,8 @@ def response_headers(
 
 def server_timing(ctx: RequestContext) -> str:
     """`Server-Timing` from the context's stamps: each leg's ms, then the total."""
-    parts = []
-    stamps = ctx.stamps
-    prev = ctx.received
-    for stage, name in LEGS:
-        t = stamps.get(stage)
-        if t is not None:
-            parts.append(f"{name};dur={(t - prev) * 1000:.2f}")
-            prev = t
-    parts.append(f"total;dur={(prev - ctx.received) * 1000:.2f}")
+    walked = legs(ctx.stamps, ctx.received)
+    parts = [f"{name};dur={(end - start) * 1000:.2f}" for name, start, end in walked]
+    end = walked[-1][2] if walked else ctx.received
+    parts.append(f"total;dur={(end - ctx.received) * 1000:.2f}")
     return ", ".join(parts)

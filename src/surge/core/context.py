@@ -27,7 +27,25 @@ LEGS = (
     ("post_routed", "post_route"),
     ("responded", "respond"),
 )
-STAGES = ("received", *(stamp for stamp, _ in LEGS))
+
+
+def legs(stamps: dict[str, float], received: float) -> list[tuple[str, float, float]]:
+    """(leg name, start, end) in monotonic seconds for each leg the request stamped.
+
+    A leg runs from the previous stamp present to its own, so a request refused at
+    admission still gets the legs it went through, and they tile its whole time. The one
+    walk over the stamps that Server-Timing, receipts and traces all read."""
+    previous = received
+    out = []
+    for stage, name in LEGS:
+        at = stamps.get(stage)
+        if at is None:
+            continue
+        if at < previous:  # a stamp overwritten out of order must not run backwards
+            at = previous
+        out.append((name, previous, at))
+        previous = at
+    return out
 
 
 @dataclass(slots=True)

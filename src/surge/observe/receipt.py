@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from surge.config_observe import CostConfig
-from surge.core.context import LEGS, RequestContext
+from surge.core.context import RequestContext, legs
 from surge.store.receipts import columns
 
 FREE = CostConfig()
@@ -51,14 +51,7 @@ def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, A
 
 
 def stage_ms(stamps: dict[str, float], received: float) -> dict[str, float]:
-    out: dict[str, float] = {}
-    prev = received
-    for stage, name in LEGS:
-        t = stamps.get(stage)
-        if t is not None:
-            out[name] = round((t - prev) * 1000, 3)
-            prev = t
-    return out
+    return {name: round((end - start) * 1000, 3) for name, start, end in legs(stamps, received)}
 
 
 def render(record: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from surge.core.clock import monotonic
-from surge.core.context import LEGS, STAGES, RequestContext
+from surge.core.context import RequestContext, legs
 from surge.observe.traceparent import (
     TraceState,
     format_traceparent,
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from surge.config_observe import TracingConfig
 
 log = logging.getLogger(__name__)
-
-# The span of the leg that ends at each stamp (see `STAGES`): "queue" ends when the
-# batcher takes the request, "batch" when its batch starts computing.
-SPAN_OF_STAGE = dict(LEGS)
 
 
 def build_tracer(config: TracingConfig) -> Tracer | None:
@@ -105,20 +101,6 @@ class Tracer:
 
 
 def stage_spans(ctx: RequestContext) -> list[tuple[str, float, float]]:
-    """(span name, start, end) in monotonic seconds for each stage the request stamped.
-
-    A stage runs from the previous stamp present to its own, the same rule as
-    Server-Timing, so a request answered from the cache or refused at admission
-    still gets the stages it went through, and they tile the server span.
-    """
-    stamps = ctx.stamps
-    previous = stamps.get("received", ctx.received)
-    spans = []
-    for stage in STAGES[1:]:
-        at = stamps.get(stage)
-        if at is None:
-            continue
-        at = max(at, previous)  # a stamp overwritten out of order must not run backwards
-        spans.append((SPAN_OF_STAGE[stage], previous, at))
-        previous = at
-    return spans
+    """(span name, start, end) in monotonic seconds for each stage the request stamped:
+    the request's legs (`core.context.legs`), so the spans tile the server span."""
+    return legs(ctx.stamps, ctx.stamps.get("received", ctx.received))
