@@ -98,6 +98,7 @@ async def embeddings(exchange: Exchange) -> Answer:
     assert modes is not None  # the lifespan starts it before any request
     admit_by_mode(exchange, modes)
     ctx = new_context(exchange, target.name, deployment.spec.timeout_s, modes)
+    target.refuse_early(ctx)
     max_items = deployment.spec.batching.max_batch_size
     if len(parsed.texts) > max_items:
         raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")

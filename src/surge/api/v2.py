@@ -80,6 +80,7 @@ async def infer(exchange: Exchange) -> Answer:
     assert modes is not None  # the lifespan starts it before any request
     admit_by_mode(exchange, modes)
     ctx = new_context(exchange, target.name, interface.spec.timeout_s, modes)
+    target.refuse_early(ctx, version)
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(exchange, limit), exchange.header(b"content-encoding"), limit)
     header_length = exchange.header(b"inference-header-content-length")

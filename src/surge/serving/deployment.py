@@ -149,10 +149,9 @@ class Deployment:
 
     # -- requests ----------------------------------------------------------------
 
-    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Tensors:
-        now = self.clock()
-        ctx.stamp("routed", now)
-        ctx.rows = rows
+    def admit_or_refuse(self, ctx: RequestContext, rows: int, now: float) -> None:
+        """Admission's verdict on a request of `rows` rows at `now`: return, or raise (and
+        count) the refusal."""
         try:
             admit(
                 now=now,
@@ -167,6 +166,12 @@ class Deployment:
         except SurgeError as refusal:
             self._count_refusal(refusal.code, ctx)
             raise
+
+    async def infer(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Tensors:
+        now = self.clock()
+        ctx.stamp("routed", now)
+        ctx.rows = rows
+        self.admit_or_refuse(ctx, rows, now)
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         key = self.replicas[0].runtime.batch_key(tensors)
         self.batcher.push(
@@ -225,22 +230,27 @@ class Deployment:
         loop = asyncio.get_running_loop()
         while True:
             self._waker = loop.create_future()
-            now = self.clock()
+            wake_at = self._dispatch(self.clock())
+            timer = None
+            if wake_at is not None:
+                timer = loop.call_later(max(0.0, wake_at - self.clock()), self._wake)
+            await self._waker
+            if timer is not None:
+                timer.cancel()
+
+    def _dispatch(self, now: float) -> float | None:
+        """Launch every batch the batcher closes at `now` and fail what expired in the
+        queue; returns when the batcher wants to be asked again."""
+        while True:
             step = self.batcher.step(now, len(self._idle), self._next_batch_s(now))
             for request in step.expired:
                 if not request.payload.future.done():
                     self._count_refusal("deadline_expired_in_queue", request.payload.ctx)
                     self._fail(request.payload, _expired_in_queue())
-            if step.batch:
-                self._launch(self._idle.pop(), [r.payload for r in step.batch], now)
-                continue
-            self.metrics.queue_depth = len(self.batcher)
-            timer = None
-            if step.wake_at is not None:
-                timer = loop.call_later(max(0.0, step.wake_at - self.clock()), self._wake)
-            await self._waker
-            if timer is not None:
-                timer.cancel()
+            if not step.batch:
+                self.metrics.queue_depth = len(self.batcher)
+                return step.wake_at
+            self._launch(self._idle.pop(), [r.payload for r in step.batch], now)
 
     def _next_batch_s(self, now: float) -> float:
         """How long the next batch will run: with no replica busy it runs alone, at the
@@ -259,32 +269,47 @@ class Deployment:
         if not live:
             self._idle.append(replica)
             return
-        task = asyncio.get_running_loop().create_task(self._run(replica, live))
+        loop = asyncio.get_running_loop()
+        headers = next((h for p in live if (h := p.ctx.outbound_headers)), None)
+        # Past the latest deadline no request of the batch can be answered any more.
+        deadline = max(p.ctx.deadline for p in live)
+        # Handed to the replica's thread now, not when a task first runs: the replica
+        # starts while the loop is still busy with other work.
+        work = loop.run_in_executor(
+            replica.executor, replica.execute, [p.tensors for p in live], headers, deadline
+        )
+        task = loop.create_task(self._finish(replica, live, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, replica: Replica, batch: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _finish(
+        self, replica: Replica, batch: list[Pending], work: asyncio.Future[BatchResult]
+    ) -> None:
+        released = False
         try:
-            parts = [p.tensors for p in batch]
-            headers = next((h for p in batch if (h := p.ctx.outbound_headers)), None)
-            # Past the latest deadline no request of the batch can be answered any more.
-            deadline = max(p.ctx.deadline for p in batch)
             try:
-                result = await loop.run_in_executor(
-                    replica.executor, replica.execute, parts, headers, deadline
-                )
+                result = await work
             except Exception as exc:
                 await self._isolate_failure(replica, batch, exc)
                 return
+            # The replica is free: give it the next batch before this one's answers are
+            # split, recorded and sent, so it never idles while the loop does that.
+            released = True
+            self._release(replica)
             self._record(batch, result)
             rows = [p.ctx.rows for p in batch]
             for pending, outputs in zip(batch, split(result.outputs, rows), strict=True):
                 if not pending.future.done():
                     pending.future.set_result(outputs)
         finally:
-            self._idle.append(replica)
-            self._wake()
+            if not released:
+                self._release(replica)
+
+    def _release(self, replica: Replica) -> None:
+        self._idle.append(replica)
+        if self.state != "stopped":
+            self._dispatch(self.clock())
+        self._wake()  # the driver re-reads when to wake next
 
     def _record(self, batch: list[Pending], result: BatchResult) -> None:
         rows = sum(p.ctx.rows for p in batch)

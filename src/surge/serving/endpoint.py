@@ -70,6 +70,14 @@ class Endpoint:
     def interface(self, version: str | None = None) -> Deployment:
         return self.pinned(version) if version else self.stable
 
+    def refuse_early(self, ctx: RequestContext, version: str | None = None) -> None:
+        """Refuse now, before the body is read and decoded, a request that even one row
+        could not get through admission with (a full queue, a deadline no batch can
+        meet): under overload half the requests end here, and decoding them took CPU
+        the model needed. Only when one version serves: a split may send it elsewhere."""
+        if version is None and self.candidate is None:
+            self.stable.admit_or_refuse(ctx, 1, self.clock())
+
     def set_route(self, mode: str, candidate: Deployment | None, percent: float) -> None:
         """Switch the route in one step (the event loop runs nothing in between)."""
         if mode not in MODES:

@@ -113,6 +113,11 @@ class Target(Protocol):
         endpoint's stable (or pinned) version, a route's first target's."""
         ...
 
+    def refuse_early(self, ctx: Any, version: str | None = None) -> None:
+        """Raise the refusal a request would get whatever its size, before its body is
+        read (an endpoint's admission); return when it may go on."""
+        ...
+
     async def infer(self, ctx: Any, tensors: Tensors, hints: Hints) -> Served: ...
 
 
@@ -130,6 +135,10 @@ class RouteBase:
     @property
     def versions(self) -> list[str]:
         return []
+
+    def refuse_early(self, ctx: Any, version: str | None = None) -> None:
+        """A route may send the request to a target that can still take it (a ladder's
+        faster rung, a fallback): nothing is refused before it decides."""
 
     def interface(self, version: str | None = None) -> Deployment:
         if version:
