@@ -168,16 +168,17 @@ class LadderRoute(RouteBase):
     def accepting(self) -> bool:
         return all(t.accepting for t in self.targets.values())
 
-    def estimate_s(self, target: Target, rows: int) -> float:
-        """Queue wait + compute for `rows` more rows on the target now, from the
-        deployment's measured batch latency and the queue ahead (admission's model)."""
+    def estimate_s(self, target: Target, rows: int, now: float) -> float:
+        """Queue wait + compute for `rows` more rows on the target at `now`, from the
+        deployment's measured batch latency and the queue ahead: admission's own
+        estimate, so a rung admission would take is never skipped (an idle one included)."""
         d = target.interface()
-        return completion_estimate_s(rows, d.queue_state(), d.latency, d.admission)
+        return completion_estimate_s(rows, d.queue_state(), d.latency, d.admission, now)
 
     async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
         now = monotonic()
         rows = rows_of(tensors)
-        estimates = {name: self.estimate_s(t, rows) for name, t in self.targets.items()}
+        estimates = {name: self.estimate_s(t, rows, now) for name, t in self.targets.items()}
         choice = choose_rung(self.rungs, estimates, ctx.remaining_s(now), self.safety_margin)
         ctx.decide(
             "ladder", choice.target, choice.reason, degraded=choice.degraded,
