@@ -27,7 +27,7 @@ from benchmarks.overhead import bench_noop
 from benchmarks.servers import REPO_ROOT
 from benchmarks.settings import FULL, QUICK, Settings
 from benchmarks.workload import SENTENCES
-from surge.config import cpu_count
+from surge.serving.cores import cpu_count
 
 # In report order. The in-process ones run first, with no server running;
 # the demo-server ones share one server process (embed_http.py).

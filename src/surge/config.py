@@ -392,10 +392,3 @@ def load_worker_config() -> Config:
         config.model_repository = demo_repository_from_env()
     config.server.workers = int(os.environ.get("SURGE_WORKERS", config.server.workers))
     return config
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from surge.config import Config, cpu_count
+from surge.config import Config
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
@@ -21,7 +21,7 @@ from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
 from surge.security.admin_keys import AdminAuth
 from surge.serving.bandit_route import BanditRoute
-from surge.serving.cores import plan_cores
+from surge.serving.cores import cpu_count, plan_cores
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from surge.core.context import RequestContext
 from surge.core.tensors import Tensors
-from surge.observe.energy import EnergyMeter
+from surge.observe.energy import BatchEnergy, EnergyMeter
 from surge.runtimes.base import RuntimeSettings
 
 
@@ -29,3 +30,35 @@ class BatchWatch:
     record_runs: bool = True  # append a run per request to its context (receipts)
     # When the deployment stops for good (retired after a swap or rollback, or shutdown).
     retire: Callable[[], None] | None = None
+
+
+def record_runs(
+    contexts: list[RequestContext],
+    *,
+    model: str,
+    endpoint: str,
+    version: str,
+    busy_s: float,
+    energy: BatchEnergy | None,
+) -> None:
+    """Each request's share of a batch, by rows, appended to its context for the receipt:
+    the replica time it occupied (what cost is attributed by), its CPU time and energy,
+    and how long it queued."""
+    rows = sum(ctx.rows for ctx in contexts)
+    for ctx in contexts:
+        share = ctx.rows / rows
+        ctx.runs.append(
+            {
+                "model": model,
+                "endpoint": endpoint,
+                "version": version,
+                "role": ctx.role,
+                "rows": ctx.rows,
+                "batch_rows": rows,
+                "compute_s": busy_s * share,
+                "queue_s": ctx.stamps["batched"] - ctx.stamps["admitted"],
+                "cpu_s": energy.cpu_s * share if energy else 0.0,
+                "energy_j": energy.joules * share if energy else 0.0,
+                "energy_source": energy.source if energy else None,
+            }
+        )

@@ -17,7 +17,7 @@ from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
-from surge.observe.batch_watch import BatchWatch
+from surge.observe.batch_watch import BatchWatch, record_runs
 from surge.observe.metrics import EndpointMetrics
 from surge.repository import ModelVersion
 from surge.runtimes.base import Runtime, RuntimeSettings
@@ -326,33 +326,16 @@ class Deployment:
         if watch is None:
             return
         if watch.record_runs:
-            self._record_runs(batch, rows, result)
+            record_runs(
+                [p.ctx for p in batch],
+                model=self.spec.version.ref,
+                endpoint=self.name,
+                version=self.version,
+                busy_s=result.busy_s,
+                energy=result.energy,
+            )
         if watch.observe is not None and result.summary is not None:
             watch.observe(result.summary)
-
-    def _record_runs(self, batch: list[Pending], rows: int, result: BatchResult) -> None:
-        """Each request's share of the batch, by rows: the replica time it occupied
-        (what cost is attributed by), its CPU time and energy, and how long it queued."""
-        energy = result.energy
-        ref = self.spec.version.ref
-        for pending in batch:
-            ctx = pending.ctx
-            share = ctx.rows / rows
-            ctx.runs.append(
-                {
-                    "model": ref,
-                    "endpoint": self.name,
-                    "version": self.version,
-                    "role": ctx.role,
-                    "rows": ctx.rows,
-                    "batch_rows": rows,
-                    "compute_s": result.busy_s * share,
-                    "queue_s": ctx.stamps["batched"] - ctx.stamps["admitted"],
-                    "cpu_s": energy.cpu_s * share if energy else 0.0,
-                    "energy_j": energy.joules * share if energy else 0.0,
-                    "energy_source": energy.source if energy else None,
-                }
-            )
 
     async def _isolate_failure(
         self, replica: Replica, batch: list[Pending], exc: Exception
