@@ -30,13 +30,9 @@ class Exchange:
     state: ServerState
     path_params: dict[str, str]
 
-    @property
-    def headers(self) -> dict[bytes, str]:
-        """The request headers the adapters read, collected in one pass on arrival
-        (lower-case names; see `middleware.WANTED`)."""
-        return self.scope["surge.headers"]
-
     def header(self, name: bytes) -> str | None:
+        """A request header the adapters read, collected in one pass on arrival
+        (lower-case name; see `middleware.WANTED`)."""
         return self.scope["surge.headers"].get(name)
 
 

@@ -78,9 +78,6 @@ class Hints:
         return self._facts
 
 
-NO_HINTS = Hints()
-
-
 def parse_priority(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PRIORITY
