@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_server
+from test_routes import DIGITS_TENSORS
 
 from surge.core.errors import SurgeError
 from surge.repository import ModelRepository
@@ -23,13 +24,6 @@ from surge.runtimes.base import RuntimeSettings
 from surge.runtimes.upstream import UpstreamRuntime
 
 SLOW_S = 3.0  # how long the remote takes when slow; far beyond every deadline below
-DIGITS_TENSORS = {
-    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
-    "outputs": [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-        {"name": "label", "datatype": "INT64", "shape": [-1]},
-    ],
-}
 
 
 class SlowUpstream:
