@@ -41,10 +41,9 @@ def test_one_batch_size_only_is_flat_below_it_and_proportional_above():
 
 
 def test_small_batches_with_idle_gaps_between_them_keep_warm_ups_shape():
-    # Warm-up measured 5 ms + 1 ms a row. Then a closed loop whose requests were mostly
-    # refused runs 1-row batches with 100 ms of nothing between them. A fit that forgot
-    # warm-up's larger sizes would extrapolate 32 rows as 32 times one (~190 ms) and go
-    # on refusing; the 32-row estimate must stay near what a 32-row batch costs.
+    # Warm-up measured 5 ms + 1 ms a row. Then only 1-row batches run, with 100 ms of
+    # nothing between them: the 32-row estimate must stay near what a 32-row batch
+    # costs, not extrapolate 32 times the 1-row cost.
     model = fitted([])
     for rows in (1, 8, 32):
         model.observe_warmup(rows, 0.005 + 0.001 * rows)

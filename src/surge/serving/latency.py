@@ -75,10 +75,10 @@ class LinearFit:
 @dataclass
 class BatchLatencyModel:
     decay: float = 0.95  # weight kept by the past at each new observation
-    # Idle seconds that halve what the past counts for: the contention a burst measured
-    # fades this fast once nothing runs. Short, because admitting on an idle deployment
-    # risks little (one batch on a replica that had nothing to do), while refusing there
-    # turns a burst's leftover estimate into refusals that nothing would correct.
+    # Idle seconds that halve the gap between what load measured and the warm-up cost,
+    # for a deployment with nothing queued or running. Short, because admitting on an
+    # idle deployment risks little (one batch on a replica that had nothing to do), while
+    # refusing there turns a burst's leftover estimate into refusals nothing corrects.
     idle_half_life_s: float = 0.5
     _recent: LinearFit = field(default_factory=LinearFit)  # every batch: cost under load now
     _warm: LinearFit = field(default_factory=LinearFit)  # warm-up: cost with nothing else running
@@ -94,12 +94,9 @@ class BatchLatencyModel:
     def observe(self, rows: int, seconds: float, *, finished_at: float | None = None) -> None:
         """A batch of `rows` took `seconds`, finishing at `finished_at` (monotonic).
 
-        The fit forgets by count, not by time: fading it over idle gaps threw away the
-        several batch sizes warm-up measured, and a fit left with one small size
-        extrapolates every larger batch as proportionally dearer. Under a closed loop
-        that refused nearly everything (a 4-row batch costing "32x" a 1-row one), and
-        refusals make more idle gaps: it never recovered. Time counts only for an idle
-        deployment (`idle_estimate_s`)."""
+        The fit forgets by count, as it did before idle recovery existed: time counts
+        only for a deployment with nothing queued or running (`idle_estimate_s`), the
+        one case where a stale estimate had nothing to correct it."""
         if finished_at is not None:
             last = self._last_finished_at
             self._last_finished_at = finished_at if last is None else max(finished_at, last)
