@@ -15,6 +15,11 @@ import pytest
 from surge.core.errors import SurgeError
 from surge.store import RegistryStore, open_store
 
+# Trust auth on 127.0.0.1; the role is `postgres` on most machines, `root` on some.
+POSTGRES_URLS = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+)
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 
@@ -31,6 +36,19 @@ class Backend:
 
     def open(self) -> RegistryStore:
         return open_store(self.url, self.namespace)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    psycopg = pytest.importorskip("psycopg")
+    errors = []
+    for url in POSTGRES_URLS:
+        try:
+            with psycopg.connect(url, connect_timeout=3):
+                return url
+        except psycopg.OperationalError as exc:
+            errors.append(str(exc).strip())
+    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URLS[0]}: {'; '.join(errors)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

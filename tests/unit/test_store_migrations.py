@@ -23,6 +23,10 @@ from surge.store.receipts import ReceiptFilter, columns, receipt_row
 from surge.store.schema import Migration
 from surge.store.sql import SqlRegistryStore
 
+POSTGRES_URLS = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+)
 TABLES = ("versions", "routes", "audit", "reviews", "receipts", "schema_version")
 SHA = "c" * 64
 
@@ -134,6 +138,19 @@ class Database:
             sql = "SELECT COUNT(to_regclass('{%s}'))"
         [(found,)] = self.execute(sql % key)
         return bool(found)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    psycopg = pytest.importorskip("psycopg")
+    errors = []
+    for url in POSTGRES_URLS:
+        try:
+            with psycopg.connect(url, connect_timeout=3):
+                return url
+        except psycopg.OperationalError as exc:
+            errors.append(str(exc).strip())
+    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URLS[0]}: {'; '.join(errors)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
