@@ -11,10 +11,14 @@ Protocol, both ways binary and line-simple:
 - in (stdin): frames of a 4-byte big-endian length, then JSON: a list of records
   (`observe.receipt.record_of`), or {"delete_before": epoch_seconds}.
 - out (stdout): one line per frame: `ok <stored>` or `err <count> <message>`.
+
+The store's URL comes in the environment (`URL_VARIABLE`), not in argv: a PostgreSQL
+URL may carry a password, and any user on the host can read a process's argv (`ps`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import sys
@@ -26,6 +30,7 @@ from surge.store.receipts import ReceiptTable
 from surge.store.registry import open_store
 
 HEADER = struct.Struct(">I")
+URL_VARIABLE = "SURGE_RECEIPT_SINK_URL"
 
 
 def write_frame(pipe: BinaryIO, payload: bytes) -> None:
@@ -62,7 +67,10 @@ def main() -> None:
     # what the server's last flush sends and exits when the server closes the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    url, namespace = sys.argv[1], sys.argv[2]
+    # Taken out of the environment, so nothing this process starts inherits it.
+    url, namespace = os.environ.pop(URL_VARIABLE, None), sys.argv[1]
+    if url is None:
+        sys.exit(f"{URL_VARIABLE} is not set: the server starts this process (sink_client.py)")
     store = open_store(url, namespace)
     assert isinstance(store, ReceiptTable)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import IO
 
 import orjson
 
-from surge.observe.receipt_sink import write_frame
+from surge.observe.receipt_sink import URL_VARIABLE, write_frame
 
 log = logging.getLogger("surge.receipts")
 
@@ -39,10 +40,13 @@ class SinkClient:
         self._reader: threading.Thread | None = None
 
     def _start(self) -> subprocess.Popen[bytes]:
+        # The URL (maybe with a password) goes in the child's environment, which only its
+        # user can read, not in its argv, which `ps` shows everyone.
         process = subprocess.Popen(
-            [sys.executable, "-m", "surge.observe.receipt_sink", self.url, self.namespace],
+            [sys.executable, "-m", "surge.observe.receipt_sink", self.namespace],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, URL_VARIABLE: self.url},
         )
         assert process.stdout is not None
         self._reader = threading.Thread(

@@ -13,7 +13,23 @@ from surge.store.sql import SqlRegistryStore
 
 T = TypeVar("T")
 
+# At start-up a slow network gets time; a reconnect runs inside a store call (an admin
+# request, a heartbeat), which should fail fast with a 503 rather than hang.
 CONNECT_TIMEOUT_S = 10
+RECONNECT_TIMEOUT_S = 2
+# No store statement should take seconds: one that does waits on a lock a stuck process
+# holds, or on an overloaded server, and its caller is better told (a 503) than stalled.
+STATEMENT_TIMEOUT = "5s"
+# A server that vanishes (host down, no TCP reset) never answers, and no server-side timeout
+# fires: the kernel gives up on unacknowledged data after tcp_user_timeout, and keepalives
+# find a silent peer while a reply is awaited. libpq options; a URL that sets one wins.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 10_000,  # ms
+}
 
 
 class PostgresRegistryStore(SqlRegistryStore):
@@ -25,13 +41,20 @@ class PostgresRegistryStore(SqlRegistryStore):
     json_type = "JSONB"
     real = "DOUBLE PRECISION"
     serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
-    # The row exists by then (inserted if missing), so every change of an endpoint queues here.
-    lock_route = " FOR UPDATE"
+    # The route's row exists by then (inserted if missing), so every change of an endpoint
+    # queues here; a fenced change locks the lease's row too, so the lease cannot change
+    # hands between the check and the commit.
+    lock_row = " FOR UPDATE"
     # Servers starting at once would otherwise migrate side by side (and even concurrent
     # CREATE TABLE IF NOT EXISTS can collide in the catalog); a lock per namespace, held
     # to the end of the migration's transaction, makes them take turns. The same key the
-    # releases before schema versions took, so they wait for a migration too.
-    migration_lock = ("SELECT pg_advisory_xact_lock(hashtext('{v}'))",)
+    # releases before schema versions took, so they wait for a migration too. Waiting for
+    # another server's migration (or migrating a big table) may outlast the statement
+    # timeout, so this transaction has none.
+    migration_lock = (
+        "SET LOCAL statement_timeout = 0",
+        "SELECT pg_advisory_xact_lock(hashtext('{v}'))",
+    )
     # Resolved through the search_path, as the store's unqualified table names are.
     table_exists = "SELECT COUNT(to_regclass(?))"
 
@@ -39,20 +62,34 @@ class PostgresRegistryStore(SqlRegistryStore):
         self.url = url
         super().__init__(namespace)
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        options = {} if "connect_timeout" in self.url else {"connect_timeout": CONNECT_TIMEOUT_S}
+    def _connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> psycopg.Connection[Any]:
+        defaults: dict[str, Any] = {"connect_timeout": timeout_s, **KEEPALIVES}
+        if psycopg.pq.version() < 120000:  # tcp_user_timeout came with libpq 12
+            del defaults["tcp_user_timeout"]
+        options = {key: value for key, value in defaults.items() if key not in self.url}
         try:
-            return psycopg.connect(self.url, autocommit=True, **options)
+            conn = psycopg.connect(self.url, autocommit=True, **options)
         except psycopg.ProgrammingError as exc:  # the URL itself does not parse
             raise SurgeError(
                 "bad_config", f"registry_url {redact(self.url)!r} is not valid: {exc}", 500
             ) from exc
         except psycopg.Error as exc:
-            raise SurgeError(
-                "store_unavailable",
-                f"cannot reach the registry at {redact(self.url)}: {exc}",
-                503,
-            ) from exc
+            raise self._unavailable(exc) from exc
+        try:
+            conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._unavailable(exc) from exc
+        return conn
+
+    def _unavailable(self, exc: Exception) -> SurgeError:
+        reason = str(exc).strip() or type(exc).__name__
+        return SurgeError(
+            "store_unavailable",
+            f"cannot reach the registry at {redact(self.url)}: {reason}",
+            503,
+            retry_after_s=1.0,
+        )
 
     def _location(self) -> str:
         return f"the registry at {redact(self.url)}"
@@ -64,12 +101,30 @@ class PostgresRegistryStore(SqlRegistryStore):
     def _attempt(self, operation: Callable[[], T]) -> T:
         """Run `operation`, reconnecting once if the connection was lost (a database restart
         or failover). A lost connection rolled its transaction back, so a retry is safe,
-        except in the rare loss between COMMIT and its acknowledgement."""
+        except in the rare loss between COMMIT and its acknowledgement. A server that
+        cannot be reached again, or that timed the statement out, is `store_unavailable`:
+        the caller (an admin request, a heartbeat) can tell its client to retry."""
         try:
-            return operation()
+            return self._unless_unreachable(operation)
         except psycopg.OperationalError:
-            if not (self._conn.closed or self._conn.broken):
+            if not self._lost():
                 raise
         self._conn.close()
-        self._conn = self._connect()
-        return operation()
+        self._conn = self._connect(RECONNECT_TIMEOUT_S)  # raises store_unavailable
+        try:
+            return self._unless_unreachable(operation)
+        except psycopg.OperationalError as exc:
+            if not self._lost():
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _unless_unreachable(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except psycopg.errors.QueryCanceled as exc:  # the statement timeout, or a lock wait
+            if self._lost():
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _lost(self) -> bool:
+        return bool(self._conn.closed or self._conn.broken)

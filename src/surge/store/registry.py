@@ -1,5 +1,6 @@
 """The registry: which model versions exist, what each endpoint routes to, and who changed it;
-and beside it the human-review queue, whose labelled items are the feedback a retraining reads.
+and beside it the human-review queue, whose labelled items are the feedback a retraining reads,
+and what the processes sharing a registry coordinate through (store/cluster.py).
 
 Every change of an endpoint's route is one transaction that writes the new state and
 appends an audit entry, so the audit log and the live state can never disagree, and a
@@ -20,6 +21,8 @@ _NAMESPACE = re.compile(r"[a-z_][a-z0-9_]*")
 
 # Computes an endpoint's new doc from its current one (None before the first change).
 RouteUpdate = Callable[[dict[str, Any] | None], dict[str, Any]]
+# The same, or None: nothing to change, so nothing is written (nor audited).
+RouteChange = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,37 @@ class ReviewItem:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A surge process that shares the registry, as of its last heartbeat."""
+
+    id: str  # the process's own id, unique across hosts
+    host: str
+    pid: int
+    started_at: float  # unix seconds
+    heartbeat_at: float  # unix seconds, the process's clock
+    state: dict[str, Any]  # what it publishes: the route revisions it serves, its measurements
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    name: str
+    holder: str  # the process that holds (or last held) it
+    token: int  # the fencing token: larger every time the lease changes hands
+    expires_at: float  # unix seconds; 0 once released
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class RegistryStore(Protocol):
-    """Persistence for versions, routes and the audit log; every method blocks (call it
-    from a worker thread) and is safe to call from any thread."""
+    """Persistence for versions, routes and the audit log, and what the processes sharing
+    them coordinate through (heartbeats, leases, pending feedback); every method blocks
+    (call it from a worker thread) and is safe to call from any thread. A database that
+    cannot be reached makes any method raise `store_unavailable` (503, retry after 1 s)."""
 
     def register_version(
         self, model: str, version: str, checksum: str, actor: str, now: float
@@ -92,6 +123,11 @@ class RegistryStore(Protocol):
         one, so a process that remembers them can tell which routes changed since."""
         ...
 
+    def load_routes_with_revisions(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """Each route's doc with its revision, read together (one statement), so a process
+        that follows the routes never pairs a doc with another write's revision."""
+        ...
+
     def apply_change(
         self,
         endpoint: str,
@@ -101,9 +137,14 @@ class RegistryStore(Protocol):
         action: str,
         reason: str,
         now: float,
+        fence: tuple[str, int] | None = None,
     ) -> AuditEntry:
         """Replace the endpoint's doc with `after` and audit it, atomically; concurrent
-        callers (other threads or processes) are serialised, so no update is lost."""
+        callers (other threads or processes) are serialised, so no update is lost.
+
+        With `fence=(lease, token)` the change is written only while that lease still
+        holds that token and has not expired (checked in the same transaction); otherwise
+        it raises `lease_lost` (409) and writes nothing."""
         ...
 
     def update_state(self, key: str, change: RouteUpdate, *, now: float) -> dict[str, Any]: ...
@@ -111,15 +152,33 @@ class RegistryStore(Protocol):
     def update_route(
         self,
         endpoint: str,
-        change: RouteUpdate,
+        change: RouteChange,
         *,
         actor: str,
         action: str,
         reason: str,
         now: float,
-    ) -> AuditEntry:
+        fence: tuple[str, int] | None = None,
+    ) -> AuditEntry | None:
         """`apply_change` with `after = change(before)` computed inside the transaction: a
-        read-modify-write that another process cannot interleave with."""
+        read-modify-write that another process cannot interleave with. A `change` that
+        returns None leaves the route as it is: nothing is written, the revision stays,
+        nothing is audited, and the result is None."""
+        ...
+
+    def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        endpoint: str | None,
+        reason: str,
+        now: float,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """An audit entry that changes no route: an event one process decided on its own
+        (a mode switch), recorded beside the operators' changes."""
         ...
 
     def audit(
@@ -164,6 +223,61 @@ class RegistryStore(Protocol):
         """`{"pending": n, "labelled": m}`."""
         ...
 
+    def heartbeat(
+        self,
+        process_id: str,
+        host: str,
+        pid: int,
+        started_at: float,
+        state: dict[str, Any],
+        now: float,
+    ) -> None:
+        """Publish this process's row (created on its first heartbeat), stamped `now`."""
+        ...
+
+    def processes(self, since: float) -> list[ProcessRecord]:
+        """The processes whose last heartbeat is at or after `since`, ordered by id."""
+        ...
+
+    def forget_process(self, process_id: str) -> None:
+        """Remove a process's row: its clean shutdown."""
+        ...
+
+    def forget_processes_before(self, cutoff: float) -> int:
+        """Remove the rows whose last heartbeat is older than `cutoff` (processes that died);
+        how many."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> int | None:
+        """Take or renew the lease `name` until `now + ttl_s`; its fencing token, or None
+        while another holder's lease is valid. The token strictly grows each time the
+        lease changes hands (1 for the first holder); a renewal of a valid lease keeps it,
+        but a holder taking back its own expired or released lease gets a new one, since
+        another process may have acted in between."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Make the lease available now, if `holder` holds it; the next holder's token is
+        still larger."""
+        ...
+
+    def lease(self, name: str) -> LeaseRecord | None: ...
+
+    def put_pending(self, entries: list[tuple[str, str, str, str]], expires_at: float) -> None:
+        """Remember `(request_id, route, segment, arm)` until `expires_at`, so the
+        request's feedback can reach the arm at any process; a request id already there
+        is replaced."""
+        ...
+
+    def take_pending(self, request_id: str, now: float) -> tuple[str, str, str] | None:
+        """Remove and return `(route, segment, arm)` of a request that has not expired;
+        of processes taking the same request at once, exactly one gets it."""
+        ...
+
+    def delete_expired_pending(self, now: float) -> int:
+        """Forget the entries that expired before `now`; how many."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -182,9 +296,11 @@ def open_store(url: str, namespace: str = "surge") -> RegistryStore:
     `sqlite:///<path>` (relative or, with a fourth slash, absolute), `sqlite://:memory:`,
     `:memory:` or a bare path open SQLite; `postgresql://...` or `postgres://...` open
     PostgreSQL. Tables are named `<namespace>_versions`, `<namespace>_routes`,
-    `<namespace>_audit`, `<namespace>_reviews`, `<namespace>_receipts` and
+    `<namespace>_audit`, `<namespace>_reviews`, `<namespace>_receipts`,
+    `<namespace>_processes`, `<namespace>_leases`, `<namespace>_pending_feedback` and
     `<namespace>_schema_version`, so several stores (or test runs) can share one database.
-    A database migrated by a newer surge is refused (`schema_too_new`).
+    A database migrated by a newer surge is refused (`schema_too_new`); one that cannot
+    be reached is `store_unavailable` (503), at open and on every call.
     """
     if not _NAMESPACE.fullmatch(namespace):
         raise SurgeError(

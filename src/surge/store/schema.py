@@ -1,8 +1,9 @@
 """The store's tables, as an ordered list of migrations, in SQL both SQLite and PostgreSQL
 accept; and how a JSON value is written to and read back from them.
 
-`{v}`, `{r}`, `{a}`, `{q}`, `{t}` and `{s}` are the namespaced table names; `{real}`,
-`{json_type}` and `{serial}` the column types each backend spells its own way.
+`{v}`, `{r}`, `{a}`, `{q}`, `{t}`, `{p}`, `{l}`, `{f}` and `{s}` are the namespaced table
+names; `{real}`, `{json_type}` and `{serial}` the column types each backend spells its
+own way.
 
 A schema change is a new migration at the end of `MIGRATIONS`, never an edit of one
 already released: databases out there were built by the released ones (`migrations.py`
@@ -107,7 +108,35 @@ INITIAL_COLUMNS = {
 }  # fmt: skip
 
 # The store's tables, by the key its SQL names them with.
-TABLES = ("v", "r", "a", "q", "t")
+TABLES = ("v", "r", "a", "q", "t", "p", "l", "f")
+
+# Version 3: what processes sharing a registry need to act as one surge (store/cluster.py).
+CLUSTER_SCHEMA = (
+    # A row per live process, rewritten by its heartbeat; state is what it publishes
+    # (the revision of each route it serves, its per-version measurements).
+    """CREATE TABLE {p} (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at {real} NOT NULL,
+        heartbeat_at {real} NOT NULL,
+        state {json_type} NOT NULL)""",
+    # A named lease (one rollout controller, one autoscaler): the token grows each time
+    # the lease changes hands, so a write fenced by a stale token can be refused.
+    """CREATE TABLE {l} (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at {real} NOT NULL)""",
+    # Which bandit arm answered a request, until its feedback arrives at any process.
+    """CREATE TABLE {f} (
+        request_id TEXT PRIMARY KEY,
+        route TEXT NOT NULL,
+        segment TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        expires_at {real} NOT NULL)""",
+    "CREATE INDEX {f}_by_expiry ON {f} (expires_at)",
+)
 
 MIGRATIONS = (
     Migration(1, "versions, routes, audit, review queue and receipts", INITIAL_SCHEMA),
@@ -120,6 +149,7 @@ MIGRATIONS = (
         "routes carry a revision that every write increments",
         ("ALTER TABLE {r} ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",),
     ),
+    Migration(3, "process heartbeats, leases and pending bandit feedback", CLUSTER_SCHEMA),
 )
 
 

@@ -12,11 +12,13 @@ from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from surge.store.cluster import ClusterTables
 from surge.store.migrations import migrate
 from surge.store.receipts import ReceiptTable
 from surge.store.registry import (
     AuditEntry,
     RegistryStore,
+    RouteChange,
     RouteUpdate,
     VersionRecord,
     checksum_conflict,
@@ -30,7 +32,12 @@ _VERSION_COLUMNS = "model, version, checksum, registered_at, registered_by"
 _AUDIT_COLUMNS = "id, recorded_at, actor, action, endpoint, before_doc, after_doc, reason"
 
 
-class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
+class _Unchanged(Exception):
+    """A change found nothing to do: raised inside its transaction to roll it back, so
+    not even the row inserted to lock on is left behind."""
+
+
+class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
     """One DB-API connection, used by one thread at a time (admin operations are rare, so
     serialising them in-process costs nothing; other processes are kept out by the
     database's own locks, taken in `_transaction`)."""
@@ -40,7 +47,7 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
     json_type = "TEXT"
     real = "REAL"
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"  # AUTOINCREMENT: ids never reused
-    lock_route = ""  # appended to the SELECT of the route a change replaces
+    lock_row = ""  # appended to the SELECT of a row the transaction then changes or relies on
     migration_lock: tuple[str, ...] = ()  # run first in the migration's transaction
     # One row whose single column is nonzero if the table `?` exists.
     table_exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
@@ -53,6 +60,9 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
             "a": f"{namespace}_audit",
             "q": f"{namespace}_reviews",
             "t": f"{namespace}_receipts",
+            "p": f"{namespace}_processes",
+            "l": f"{namespace}_leases",
+            "f": f"{namespace}_pending_feedback",
             "s": f"{namespace}_schema_version",
             "j": self.json_param,
             "real": self.real,
@@ -139,6 +149,13 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         rows = self._read(lambda conn: conn.execute(sql).fetchall())
         return {endpoint: int(revision) for endpoint, revision in rows}
 
+    def load_routes_with_revisions(self) -> dict[str, tuple[dict[str, Any], int]]:
+        sql = self._sql(
+            "SELECT endpoint, doc, revision FROM {r} WHERE doc IS NOT NULL ORDER BY endpoint"
+        )
+        rows = self._read(lambda conn: conn.execute(sql).fetchall())
+        return {endpoint: (decode_json(doc), int(revision)) for endpoint, doc, revision in rows}
+
     def apply_change(
         self,
         endpoint: str,
@@ -148,26 +165,58 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         action: str,
         reason: str,
         now: float,
+        fence: tuple[str, int] | None = None,
     ) -> AuditEntry:
-        return self.update_route(
-            endpoint, lambda _: after, actor=actor, action=action, reason=reason, now=now
+        entry = self.update_route(
+            endpoint,
+            lambda _: after,
+            actor=actor,
+            action=action,
+            reason=reason,
+            now=now,
+            fence=fence,
         )
+        assert entry is not None  # `after` is a doc, so the change always writes
+        return entry
 
     def update_route(
         self,
         endpoint: str,
-        change: RouteUpdate,
+        change: RouteChange,
         *,
         actor: str,
         action: str,
         reason: str,
         now: float,
-    ) -> AuditEntry:
+        fence: tuple[str, int] | None = None,
+    ) -> AuditEntry | None:
         def work(conn: Any) -> AuditEntry:
+            if fence is not None:
+                self._check_fence(conn, fence, now, endpoint)
             before, after = self._locked_update(conn, endpoint, change, now)
             return self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
 
-        return self._write(work)
+        try:
+            return self._write(work)
+        except _Unchanged:
+            return None
+
+    def append_audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        endpoint: str | None,
+        reason: str,
+        now: float,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        return self._write(
+            lambda conn: self._append_audit(
+                conn, now, actor, action, endpoint, before, after, reason
+            )
+        )
 
     def update_state(self, key: str, change: RouteUpdate, *, now: float) -> dict[str, Any]:
         """Read-modify-write of a document under `key` with no audit entry: for state the
@@ -175,7 +224,7 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
         return self._write(lambda conn: self._locked_update(conn, key, change, now)[1])
 
     def _locked_update(
-        self, conn: Any, key: str, change: RouteUpdate, now: float
+        self, conn: Any, key: str, change: RouteChange, now: float
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         # Inserting first gives a new key a row to lock, so two first changes of the
         # same key also queue behind each other.
@@ -187,10 +236,12 @@ class SqlRegistryStore(ReceiptTable, ReviewQueue, RegistryStore):
             (key, now),
         )
         row = conn.execute(
-            self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_route), (key,)
+            self._sql("SELECT doc FROM {r} WHERE endpoint = ?" + self.lock_row), (key,)
         ).fetchone()
         before = decode_json(row[0])
         after = change(before)
+        if after is None:
+            raise _Unchanged(f"the change of {key} returned None: nothing to write")
         conn.execute(
             self._sql(
                 "UPDATE {r} SET doc = {j}, updated_at = ?, revision = revision + 1 "

@@ -58,6 +58,22 @@ class SqliteRegistryStore(SqlRegistryStore):
     def _location(self) -> str:
         return f"the registry database {self.path}"
 
+    def _attempt(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            # Another process held the write lock for the whole busy timeout: to a caller
+            # this is a registry it cannot use right now, not a fault in its request.
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise SurgeError(
+                "store_unavailable",
+                f"cannot reach the registry database {self.path}: {exc} (another process "
+                f"held it for over {BUSY_TIMEOUT_S:g} s)",
+                503,
+                retry_after_s=1.0,
+            ) from exc
+
     def _transaction(self, work: Callable[[Any], T]) -> T:
         # IMMEDIATE takes the write lock before the first read, so the doc a change
         # replaces cannot be changed by another process before this one writes.
