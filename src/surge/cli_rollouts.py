@@ -167,6 +167,18 @@ def render_status(doc: dict[str, Any]) -> None:
         print(f"  rollout: {rollout['stage']}, step {rollout['step']} ({rollout['percent']:g} %) "
               f"of {steps}; step running {rollout['step_running_s']} s")  # fmt: skip
         print(f"  waiting for: {rollout['waiting_for']}")
+    if doc.get("load_failure"):
+        print(f"  this process cannot serve the latest route: {doc['load_failure']}")
+    processes = doc.get("processes")
+    if processes:
+        print(f"  route revision {doc.get('revision')}; processes:")
+        for p in processes:
+            marks = [m for m, on in (("leader", p["leader"]), ("this", p["this"])) if on]
+            failure = p.get("load_failure")
+            note = f"  CANNOT LOAD revision {failure['revision']}: {failure['message']}" if (
+                failure) else ""  # fmt: skip
+            print(f"    {p['id']:<32} revision {p['revision']!s:<5} mode {p['mode'] or '-':<9} "
+                  f"{' '.join(marks):<12}{note}")  # fmt: skip
 
 
 def _drift_line(drift: dict[str, Any] | None) -> str:

@@ -263,6 +263,39 @@ class AdminConfig(Strict):
     )
 
 
+class ClusterConfig(Strict):
+    """How the processes that share a registry act as one (README: "Many processes,
+    many hosts")."""
+
+    poll_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="longest a process goes without comparing its routes' revisions with "
+        "the registry's (a Redis notification makes it look at once)",
+    )
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, description="how often a process publishes what it serves and measured"
+    )
+    process_timeout_s: float = Field(
+        5.0, gt=0, description="a process silent this long is counted out (it died)"
+    )
+    lease_ttl_s: float = Field(
+        3.0,
+        gt=0,
+        description="the rollout leader's lease: renewed every third of it; another "
+        "process takes over this long after the leader dies",
+    )
+    pending_feedback_ttl_s: float = Field(
+        3600.0, gt=0, description="how long an answer of a bandit route accepts feedback"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeats_outpace_the_timeout(self) -> ClusterConfig:
+        if self.process_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError("process_timeout_s must be at least 2 x heartbeat_interval_s")
+        return self
+
+
 class Config(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model_repository: Path = Field(Path(".surge/models"), description="root of <model>/<version>/")
@@ -272,6 +305,18 @@ class Config(Strict):
         description="where versions, routes, rollout progress and the audit log persist: "
         "sqlite:///<path> (relative to the config file) or postgresql://...",
     )
+    registry_namespace: str = Field(
+        "surge",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description="prefix of the registry's tables and of Redis keys, so several "
+        "deployments (or test runs) can share one database and one Redis",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis://[:password@]host:port/db: the processes' shared fast state "
+        "(route change notifications, pending feedback); without it they poll the registry",
+    )
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     routes: dict[str, RouteConfig] = Field(
         default_factory=dict, description="public names served by a routing policy"

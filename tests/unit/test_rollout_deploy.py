@@ -47,4 +47,4 @@ def test_a_policy_that_cannot_be_built_is_a_4xx_and_the_candidate_is_not_left_lo
     assert "endpoints.e.rollout" in info.value.message
     assert "last step must be 100" in info.value.message
     assert all(candidate.stopped for candidate in loaded)
-    assert endpoint.candidate is None and "e" not in rollouts.controllers
+    assert endpoint.candidate is None and rollouts.controller("e") is None

@@ -27,7 +27,11 @@ POSTGRES_URLS = (
     "postgresql://postgres@127.0.0.1:5432/test",
     "postgresql://root@127.0.0.1:5432/test",
 )
-TABLES = ("versions", "routes", "audit", "reviews", "receipts", "schema_version")
+TABLES = (
+    *("versions", "routes", "audit", "reviews", "receipts", "schema_version"),
+    *("processes", "leases", "pending_feedback"),
+)
+EVERY_VERSION = [m.version for m in migrations.MIGRATIONS]
 SHA = "c" * 64
 
 # The schema exactly as the release before schema versions created it (src/surge/store/
@@ -114,7 +118,7 @@ class Database:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         names = {
-            key: f"{self.namespace}_{table}" for key, table in zip("vraqts", TABLES, strict=True)
+            key: f"{self.namespace}_{table}" for key, table in zip("vraqtsplf", TABLES, strict=True)
         }
         json_param = "?" if self.kind == "sqlite" else "CAST(? AS JSONB)"
         text = sql.format(**names, **PREVIOUS_RELEASE_TYPES[self.kind], j=json_param)
@@ -210,7 +214,7 @@ def test_a_registry_from_before_schema_versions_is_upgraded_in_place_and_serves(
 
     store = db.open()
     try:
-        assert db.schema_versions() == [1, 2]
+        assert db.schema_versions() == EVERY_VERSION
         # Everything the previous release stored reads back.
         assert store.load_routes() == {"digits": OLD_ROUTE}
         assert store.route_revisions() == {"digits": 0}  # written before revisions
@@ -314,7 +318,7 @@ def test_a_table_dropped_by_hand_comes_back_at_the_current_shape(db: Database) -
         assert [a.after for a in store.audit("digits")] == [{"n": 2}, {"n": 1}]
     finally:
         store.close()
-    assert db.schema_versions() == [1, 2]
+    assert db.schema_versions() == EVERY_VERSION
 
 
 def test_processes_opening_an_old_registry_at_once_migrate_it_once(db: Database) -> None:
@@ -338,7 +342,7 @@ def test_processes_opening_an_old_registry_at_once_migrate_it_once(db: Database)
         thread.join()
     try:
         assert errors == []
-        assert db.schema_versions() == [1, 2]
+        assert db.schema_versions() == EVERY_VERSION
         assert all(store.route_revisions() == {"digits": 0} for store in opened)
     finally:
         for store in opened:
@@ -361,17 +365,21 @@ def test_a_later_migration_is_applied_once_and_a_failing_one_changes_nothing(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db.open().close()
-    index = Migration(3, "index pending reviews", ("CREATE INDEX {q}_pending ON {q} (label)",))
-    broken = Migration(4, "broken", ("ALTER TABLE {r} ADD COLUMN x INTEGER",) * 2)
+    latest = migrations.LATEST
+    index = Migration(
+        latest + 1, "index pending reviews", ("CREATE INDEX {q}_pending ON {q} (label)",)
+    )
+    broken = Migration(latest + 2, "broken", ("ALTER TABLE {r} ADD COLUMN x INTEGER",) * 2)
 
     monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, index, broken))
-    monkeypatch.setattr(migrations, "LATEST", 4)
+    monkeypatch.setattr(migrations, "LATEST", latest + 2)
     with pytest.raises(Exception, match=r"(?i)duplicate|already exists"):
         db.open()
-    assert db.schema_versions() == [1, 2]  # 3 ran in the same transaction: rolled back too
+    # The index ran in the same transaction: rolled back too.
+    assert db.schema_versions() == EVERY_VERSION
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS[:3],))
-    monkeypatch.setattr(migrations, "LATEST", 3)
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS[: latest + 1],))
+    monkeypatch.setattr(migrations, "LATEST", latest + 1)
     db.open().close()
     db.open().close()
-    assert db.schema_versions() == [1, 2, 3]
+    assert db.schema_versions() == [*EVERY_VERSION, latest + 1]

@@ -90,11 +90,69 @@ async def endpoints(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     state, _ = _authorized(request)
-    doc = _rollouts(state).status(request.path_params["endpoint"])
+    name = request.path_params["endpoint"]
+    doc = await _rollouts(state).status(name)
+    processes = await _processes(state)
+    if processes is not None:
+        doc["processes"] = [_serving(p, name) for p in processes]
+        leader = next((p for p in processes if p["state"].get("leader")), None)
+        if leader is not None and doc["rollout"] is not None:
+            waiting = (leader["state"].get("waiting_for") or {}).get(name)
+            doc["rollout"]["waiting_for"] = waiting or doc["rollout"]["waiting_for"]
     drift = state.observer.drift
     for version in doc["versions"]:  # None: not watched (drift off, or a shadow)
         version["drift"] = drift.describe(doc["endpoint"], version["version"]) if drift else None
     return _json(doc)
+
+
+async def processes(request: Request) -> Response:
+    """Every live process on this registry: what it serves, whether it leads rollouts."""
+    state, _ = _authorized(request)
+    found = await _processes(state)
+    if found is None:
+        raise SurgeError("store_unavailable", "the registry cannot be read right now", 503, 1.0)
+    for process in found:
+        process["routes"] = process["state"].get("routes") or {}
+    return _json({"processes": found})
+
+
+async def _processes(state: ServerState) -> list[dict[str, Any]] | None:
+    """The live processes' heartbeats, this process marked; None when unreadable."""
+    assert state.plane is not None
+    try:
+        records = await state.plane.peers()
+    except Exception:
+        return None
+    now = time.time()
+    return [
+        {
+            "id": r.id,
+            "host": r.host,
+            "pid": r.pid,
+            "this": r.id == state.plane.process_id,
+            "heartbeat_age_s": round(max(0.0, now - r.heartbeat_at), 2),
+            "started_at": r.started_at,
+            "state": r.state,
+        }
+        for r in records
+    ]
+
+
+def _serving(process: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """One process's line in an endpoint's status: the revision it serves."""
+    published = process["state"]
+    failure = (published.get("failures") or {}).get(endpoint)
+    return {
+        "id": process["id"],
+        "host": process["host"],
+        "pid": process["pid"],
+        "this": process["this"],
+        "revision": (published.get("routes") or {}).get(endpoint),
+        "leader": bool(published.get("leader")),
+        "load_failure": failure,
+        "mode": published.get("mode"),
+        "heartbeat_age_s": process["heartbeat_age_s"],
+    }
 
 
 async def deploy(request: Request) -> Response:
@@ -250,5 +308,6 @@ ROUTES = [
     Route("/admin/review", review_queue),
     Route("/admin/mode", mode, methods=["GET", "POST", "DELETE"]),
     Route("/admin/routes", routes),
+    Route("/admin/processes", processes),
     Route("/admin/review/{item}", label_review, methods=["POST"]),
 ]

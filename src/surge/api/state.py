@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from surge.cluster.plane import ControlPlane
 from surge.config import Config
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
+from surge.observe.cluster_metrics import ClusterCollector
 from surge.observe.metrics import Metrics
 from surge.observe.observer import Observer
 from surge.observe.rollout_metrics import RolloutCollector
@@ -25,7 +27,8 @@ from surge.serving.cores import cpu_count, plan_cores
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory
-from surge.serving.mode_driver import ModeDriver
+from surge.serving.mode_driver import MODE_KEY, ModeDriver
+from surge.serving.rollout_leader import RolloutLeader, local_windows
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
 from surge.serving.target import Target
@@ -44,6 +47,8 @@ class ServerState:
     rollouts: Rollouts | None = None
     routes: dict[str, Route] = field(default_factory=dict)
     modes: ModeDriver | None = None
+    plane: ControlPlane | None = None
+    leader: RolloutLeader | None = None
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -87,41 +92,86 @@ class ServerState:
             self.metrics,
             self.observer.watch_for,
         )
-        self.store = await asyncio.to_thread(open_store, config.registry_url)
-        docs = await asyncio.to_thread(self.store.load_routes)
-        self.rollouts = rollouts = Rollouts(config, self.endpoints, factory, self.store)
+        self.store = store = await asyncio.to_thread(
+            open_store, config.registry_url, config.registry_namespace
+        )
+        self.rollouts = rollouts = Rollouts(config, self.endpoints, factory, store)
+        self.plane = plane = ControlPlane(config, store, self._follow, self._published_state)
+        rollouts.require_healthy = plane.require_healthy
+        rollouts.announce = plane.announce
         self.metrics.registry.register(RolloutCollector(self.endpoints, rollouts))
+        self.metrics.registry.register(ClusterCollector(plane, rollouts))
+        docs = await asyncio.to_thread(store.load_routes)
         # One after another: deployments warming at the same time would compete for the
         # cores and seed each other's latency models with contended timings.
-        for name, endpoint_config in config.endpoints.items():
-            doc = _still_current(docs.get(name), rollouts, name)
-            ref = doc["stable"] if doc else rollouts.config_ref(name)
-            stable = factory.build(name, factory.version(ref["model"], ref["version"]))
-            await rollouts.versions.register(stable, "config")
-            await self._start_one(stable)
-            self.endpoints[name] = Endpoint(
-                name,
-                stable,
-                retry_on_stable=endpoint_config.rollout.retry_on_stable,
-                ab_key=endpoint_config.ab_key,
-            )
-            if doc is None:
-                await rollouts.persist_configured(name, docs.get(name))
-            else:
-                await self._restore(name, doc, stable)
+        for name in config.endpoints:
+            endpoint = await rollouts.open_endpoint(name, docs.get(name))
+            _log_ready(endpoint.stable)
         self.routes = build_routes(
-            config.routes, self.endpoints, self._queue_for_review, self.store
+            config.routes, self.endpoints, self._queue_for_review, store, plane.pending.remember
         )
         for route in self.bandits:
             await route.sync()  # start from what every process has learned so far
             route.start()
         self.metrics.registry.register(RouteCollector(self.routes))
-        self.modes = ModeDriver(config.modes, self.endpoints, self.routes, self.metrics, self.store)
-        self.metrics.registry.register(ModeCollector(self.modes))
+        self.modes = modes = ModeDriver(
+            config.modes, self.endpoints, self.routes, self.metrics, store
+        )
+        modes.process_id = plane.process_id
+        modes.require_healthy = plane.require_healthy
+        modes.announce = plane.announce
+        self.metrics.registry.register(ModeCollector(modes))
+        # Serve what the registry says now (a rollout under way, a forced mode) before
+        # answering anyone; from here on the follower keeps it so.
+        await plane.follower.catch_up()
         self.observer.register(self.endpoints)
         await self.observer.start()
-        rollouts.start()
-        self.modes.start()
+        await plane.start()
+        self.leader = RolloutLeader(
+            rollouts,
+            plane.process_id,
+            plane.peers,
+            lambda: plane.lease.leading,
+            lambda: plane.lease.fence,
+        )
+        self.leader.start()
+        modes.start()
+
+    async def _follow(self, key: str, doc: dict[str, Any], revision: int) -> bool:
+        """The follower's hook: a route doc changed in the registry."""
+        if key == MODE_KEY:
+            assert self.modes is not None
+            return await self.modes.follow(key, doc, revision)
+        if key in self.endpoints:
+            assert self.rollouts is not None
+            return await self.rollouts.follow(key, doc, revision)
+        return True  # a key of another config (another endpoint set) or of a newer release
+
+    def _published_state(self) -> dict[str, Any]:
+        """What this process's heartbeat says: the revisions it serves, what it could
+        not load, its rollout windows (the leader merges them), and its mode."""
+        rollouts, plane = self.rollouts, self.plane
+        assert rollouts is not None and plane is not None
+        reconciler = rollouts.reconciler
+        windows = {}
+        for name in self.endpoints:
+            published = local_windows(rollouts, name)
+            if published is not None:
+                windows[name] = published
+        return {
+            "routes": dict(reconciler.revisions),
+            "failures": {
+                name: {"revision": f.revision, "message": f.message}
+                for name, f in reconciler.failures.items()
+            },
+            "windows": windows,
+            "leader": plane.lease.leading,
+            "waiting_for": dict(rollouts.waiting) if plane.lease.leading else {},
+            "mode": self.modes.mode if self.modes else None,
+            "forced": bool(self.modes and self.modes.controller.forced),
+            "draining": self.draining,
+            "links": plane.links(),
+        }
 
     async def _queue_for_review(
         self,
@@ -152,25 +202,6 @@ class ServerState:
 
         await asyncio.to_thread(persist)
 
-    async def _restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
-        assert self.rollouts is not None
-        try:
-            await self.rollouts.restore(name, doc, stable)
-        except SurgeError as exc:
-            # The stable version serves; a candidate that cannot come back is rolled back.
-            log.error("%s: could not resume the rollout: %s", name, exc.message)
-            await self.rollouts.abandon(name, f"could not resume after restart: {exc.message}")
-
-    async def _start_one(self, deployment: Deployment) -> None:
-        await deployment.start()
-        deployment.metrics.ready = True
-        estimate = deployment.latency.estimate_s(deployment.spec.batching.max_batch_size)
-        log.info(
-            "%s ready: %s (%s), warm batch of %d rows takes %.1f ms",
-            deployment.name, deployment.spec.version.ref, deployment.spec.version.manifest.runtime,
-            deployment.spec.batching.max_batch_size, estimate * 1000,
-        )  # fmt: skip
-
     def _all_deployments(self) -> list[Deployment]:
         return [d for e in self.endpoints.values() for d in e.deployments]
 
@@ -178,10 +209,14 @@ class ServerState:
         self.draining = True
         grace = self.config.server.shutdown_grace_s
         await asyncio.gather(*(d.drain(grace) for d in self._all_deployments()))
-        if self.rollouts is not None:
-            await self.rollouts.stop()
+        if self.leader is not None:
+            await self.leader.stop()
         if self.modes is not None:
             await self.modes.stop()
+        if self.plane is not None:
+            await self.plane.stop()
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         for route in self.bandits:
             await route.stop()
         for endpoint in self.endpoints.values():
@@ -207,11 +242,10 @@ def _jsonable(value: np.ndarray) -> Any:
     return value.tolist()
 
 
-def _still_current(doc: dict[str, Any] | None, rollouts: Rollouts, name: str) -> dict | None:
-    """The registry's route for `name`, unless the config has named another version
-    since it was written: a changed config is the operator's newer intent."""
-    if doc is None:
-        return None
-    if doc.get("config_version") != rollouts.config_ref(name):
-        return None
-    return doc
+def _log_ready(deployment: Deployment) -> None:
+    estimate = deployment.latency.estimate_s(deployment.spec.batching.max_batch_size)
+    log.info(
+        "%s ready: %s (%s), warm batch of %d rows takes %.1f ms",
+        deployment.name, deployment.spec.version.ref, deployment.spec.version.manifest.runtime,
+        deployment.spec.batching.max_batch_size, estimate * 1000,
+    )  # fmt: skip

@@ -41,7 +41,9 @@ class Observer:
         self.receipts: ReceiptLog | None = None
         if observability.receipts.enabled:
             url = observability.receipts.url or config.registry_url
-            self.receipts = ReceiptLog(observability.receipts, self.prices, self.costs, url)
+            self.receipts = ReceiptLog(
+                observability.receipts, self.prices, self.costs, url, config.registry_namespace
+            )
         self.drift = ModelDriftRegistry(observability.drift)
         self.tracer = build_tracer(observability.tracing)
         self.access = AccessLog(observability.logs)

@@ -40,13 +40,15 @@ class ReceiptLog:
         prices: dict[str, CostConfig],
         ledger: CostLedger,
         url: str,
+        namespace: str = "surge",
     ) -> None:
         self.config = config
         self.prices = prices
         self.ledger = ledger
         self.url = url
+        self.namespace = namespace
         self.store: ReceiptTable | None = None  # for reads
-        self.sink = SinkClient(url)  # for writes
+        self.sink = SinkClient(url, namespace)  # for writes
         self._buffer: deque[RequestContext] = deque()
         self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)  # records
         self.buffer_full = 0
@@ -73,7 +75,7 @@ class ReceiptLog:
     async def start(self) -> None:
         # Reads get a connection of this process (it also creates the schema); writes go
         # to the sink, which opens its own.
-        self.store = await asyncio.to_thread(open_store, self.url)
+        self.store = await asyncio.to_thread(open_store, self.url, self.namespace)
         self._next_sweep = time.monotonic()
         self._writer.start()
 

@@ -72,6 +72,6 @@ class RolloutCollector(Collector):
                     mean = stats.shadow_agreement_sum_total / stats.shadow_compared_total
                     agreement.add_metric([name, version], mean)
                     delta.add_metric([name, version], stats.shadow_latency_delta_s or 0.0)
-            controller = self.rollouts.controllers.get(name)
+            controller = self.rollouts.controller(name)
             step.add_metric([name], controller.step if controller else -1)
         yield from (traffic, answers, retried, shadow, agreement, delta, step)

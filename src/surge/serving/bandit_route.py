@@ -2,10 +2,12 @@
 
 Each request is sent to the arm the bandit picks for its segment (e.g. the tenant
 header); the client later reports how good the answer was with `POST /v1/feedback`
-(request id + reward in [0, 1]). The counts are sufficient statistics, so processes
-share them by adding what each learned: every `sync_s` a process adds its counts since
-the last sync to the registry's copy, in one locked read-modify-write, and adopts the
-sum, so every worker (and a restart) learns from all of them.
+(request id + reward in [0, 1]), through any process: what each request was answered
+with is remembered in the shared pending-feedback store (`cluster/pending.py`). The
+counts are sufficient statistics, so processes share them by adding what each
+learned: every `sync_s` a process adds its counts since the last sync to the registry's
+copy, in one locked read-modify-write, and adopts the sum, so every worker (and a
+restart) learns from all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,8 @@ from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.bandit")
 
-PENDING_FEEDBACK = 100_000  # request ids remembered for feedback (oldest forgotten first)
+# Records (request id, route, segment, arm) for a later reward, from any process.
+Remember = Callable[[str, str, str, str], None]
 
 
 def add_counts(base: dict[str, Any] | None, delta: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +75,7 @@ class BanditRoute(RouteBase):
         config: BanditConfig,
         targets: list[Target],
         store: RegistryStore,
+        remember: Remember,
         rng: random.Random | None = None,
         clock: Callable[[], float] = monotonic,
     ) -> None:
@@ -84,7 +88,7 @@ class BanditRoute(RouteBase):
         options = {"epsilon": config.epsilon} if config.strategy == "epsilon_greedy" else {}
         self.bandit: Bandit = make_bandit(config.strategy, list(self.targets), self._rng, **options)
         self._synced: dict[str, Any] | None = None
-        self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.remember = remember
         self.counts: Counter[tuple[str, str]] = Counter()  # (target, "chosen" | "rewarded")
         self._ticker = Periodic(
             f"bandit {name} sync", config.sync_s, self.sync, first_tick_now=True, logger=log
@@ -109,25 +113,21 @@ class BanditRoute(RouteBase):
         self.counts[arm, "chosen"] += 1
         ctx.decide("bandit", arm, f"{self.config.strategy} chose {arm} for segment {segment!r}",
                    segment=segment)  # fmt: skip
-        self._pending[ctx.request_id] = (segment, arm)
-        if len(self._pending) > PENDING_FEEDBACK:
-            self._pending.popitem(last=False)
+        self.remember(ctx.request_id, self.name, segment, arm)
         return await self.targets[arm].infer(ctx, tensors, hints)
 
-    def feedback(self, request_id: str, reward: float) -> dict[str, Any]:
-        found = self._pending.pop(request_id, None)
-        if found is None:
+    def reward(self, request_id: str, segment: str, arm: str, reward: float) -> dict[str, Any]:
+        """Credit `arm` for the answer to `request_id` (found by the pending store)."""
+        if arm not in self.targets:
             raise SurgeError(
                 "unknown_request",
-                f"no request {request_id!r} of route {self.name!r} awaits feedback "
-                "(unknown, already rewarded, or too old)",
+                f"request {request_id!r} was answered by arm {arm!r}, which route "
+                f"{self.name!r} no longer has",
                 404,
             )
-        segment, arm = found
         try:
             self.bandit.reward(arm, reward, segment)
         except ValueError as exc:
-            self._pending[request_id] = found  # a bad reward does not use the request up
             raise SurgeError("invalid_input", str(exc), 400) from None
         self.counts[arm, "rewarded"] += 1
         return {"route": self.name, "arm": arm, "segment": segment, "reward": reward}

@@ -65,9 +65,12 @@ class Deployment:
         metrics: EndpointMetrics,
         clock: Callable[[], float] = monotonic,
         watch: BatchWatch | None = None,
+        *,
+        shadow: bool = False,
     ) -> None:
         self.spec = spec
         self.watch = watch
+        self.shadow = shadow  # a shadow copy: background priority, never live traffic
         self.ready_at: float | None = None  # when it started serving (the idle-cost clock)
         self.name = spec.endpoint
         self.version = spec.version.version

@@ -93,6 +93,16 @@ class Endpoint:
                     {self.stable.version: 100.0 - percent, candidate.version: percent}
                 )
 
+    def switch(
+        self, stable: Deployment, mode: str, candidate: Deployment | None, percent: float
+    ) -> None:
+        """Serve `stable` (and `candidate` in `mode` at `percent`) from the next request
+        on: one step, so no request sees half of a route (the event loop runs nothing
+        in between)."""
+        self.stats.setdefault(stable.version, VersionStats())
+        self.stable = stable
+        self.set_route(mode, candidate, percent)
+
     def swap_stable(self, new_stable: Deployment) -> Deployment:
         """Make `new_stable` the only version; returns the old stable (to drain)."""
         old = self.stable

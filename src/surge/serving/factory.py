@@ -75,7 +75,7 @@ class DeploymentFactory:
         if shadow:
             spec = replace(spec, compute_nice=min(19, nice + SHADOW_EXTRA_NICE))
             # Shadow refusals are not the endpoint's refusals: they get metrics of their own.
-            return Deployment(spec, EndpointMetrics(f"{endpoint}@shadow"), watch=watch)
+            return Deployment(spec, EndpointMetrics(f"{endpoint}@shadow"), watch=watch, shadow=True)
         return Deployment(spec, self.metrics.for_endpoint(endpoint), watch=watch)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from surge.config import ModesConfig
@@ -24,6 +24,8 @@ from surge.serving.routes import CascadeRoute, Route
 from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.modes")
+
+MODE_KEY = "*mode*"  # the registry key of the operator's forced mode
 
 
 def policy_from(config: ModesConfig) -> ModePolicy:
@@ -57,6 +59,10 @@ class ModeDriver:
             "mode evaluation", config.evaluate_interval_s, self.tick, logger=log
         )
         self.changes_total = 0
+        # Set by the server once the control plane exists.
+        self.process_id = "local"
+        self.require_healthy: Callable[[], None] = lambda: None
+        self.announce: Callable[[str], Awaitable[Any]] | None = None
 
     @property
     def mode(self) -> str:
@@ -121,21 +127,59 @@ class ModeDriver:
             rejection_rate=min(1.0, (refused - last[2]) / offered) if offered else 0.0,
         )
 
-    # -- operator --------------------------------------------------------------------------
+    # -- operator ---------------------------------------------------------------------
+    # A forced mode is the operator's, so it applies in every process: it is written to
+    # the registry under MODE_KEY (one audit entry), served here at once, and every
+    # other process applies it when it follows that key (`follow`), without auditing
+    # it again. Automatic changes stay each process's own (README: "Many processes").
 
     async def force(self, mode: str, reason: str, actor: str) -> dict[str, Any]:
-        try:
-            change = self.controller.force(mode, self.clock(), f"{actor}: {reason}")
-        except ValueError as exc:
-            raise SurgeError("invalid_input", str(exc), 400) from None
-        await self._apply(change, actor)
+        if mode not in [level.name for level in self.controller.policy.levels]:
+            known = ", ".join(level.name for level in self.controller.policy.levels)
+            raise SurgeError("invalid_input", f"unknown mode {mode!r}; modes: {known}", 400)
+        self.require_healthy()
+        why = f"{actor}: {reason}"
+        await self._write({"forced": mode, "reason": why}, actor, f"{self.mode} -> {mode}: {why}")
+        await self.follow(MODE_KEY, {"forced": mode, "reason": why}, None)
         return self.describe()
 
     async def release(self, reason: str, actor: str) -> dict[str, Any]:
-        change = self.controller.release(self.clock(), f"{actor}: {reason}")
-        if change is not None:
-            await self._apply(change, actor)
+        self.require_healthy()
+        why = f"{actor}: {reason}"
+        if self.controller.forced:
+            await self._write({"forced": None, "reason": why}, actor, f"{self.mode} -> "
+                              f"{self.mode}: {why}")  # fmt: skip
+        await self.follow(MODE_KEY, {"forced": None, "reason": why}, None)
         return self.describe()
+
+    async def _write(self, doc: dict[str, Any], actor: str, reason: str) -> None:
+        await asyncio.to_thread(
+            self.store.update_route, MODE_KEY, lambda _: doc, actor=actor, action="mode",
+            reason=reason, now=time.time(),
+        )  # fmt: skip
+        if self.announce is not None:
+            await self.announce(MODE_KEY)
+
+    async def follow(self, key: str, doc: dict[str, Any], revision: int | None) -> bool:
+        """Apply the operator's mode from the registry (the follower's hook for MODE_KEY)."""
+        if key != MODE_KEY:
+            return True
+        forced, reason = doc.get("forced"), str(doc.get("reason") or "operator")
+        now = self.clock()
+        if isinstance(forced, str):  # anything else: released, or a doc of an old release
+            if self.controller.forced and self.controller.mode == forced:
+                return True
+            try:
+                change = self.controller.force(forced, now, reason)
+            except ValueError:
+                log.error("the registry forces mode %r, which this process does not know", forced)
+                return True
+        else:
+            change = self.controller.release(now, reason)
+            if change is None:
+                return True
+        self._switch(change)
+        return True
 
     def describe(self) -> dict[str, Any]:
         s = self.controller.switches
@@ -166,7 +210,8 @@ class ModeDriver:
             ],
         }
 
-    async def _apply(self, change: ModeChange, actor: str = "modes") -> None:
+    def _switch(self, change: ModeChange) -> None:
+        """Set the mode's switches on the endpoints, routes and adapters."""
         self.changes_total += 1
         switches = self.controller.switches
         for endpoint in self.endpoints.values():
@@ -179,12 +224,19 @@ class ModeDriver:
         self.timeout_cap_s = None if cap is None else cap / 1000.0
         level = logging.INFO if change.to_mode == change.from_mode else logging.WARNING
         log.log(level, "mode %s -> %s: %s", change.from_mode, change.to_mode, change.reason)
-        await asyncio.to_thread(
-            self.store.apply_change,
-            "*mode*",
-            {"mode": change.to_mode, "forced": change.forced},
-            actor=actor,
-            action="mode",
-            reason=f"{change.from_mode} -> {change.to_mode}: {change.reason}",
-            now=time.time(),
-        )
+
+    async def _apply(self, change: ModeChange) -> None:
+        """An automatic change: this process's own, audited as such."""
+        self._switch(change)
+        try:
+            await asyncio.to_thread(
+                self.store.append_audit,
+                actor="modes",
+                action="mode",
+                endpoint=None,
+                reason=f"{change.from_mode} -> {change.to_mode}: {change.reason} "
+                f"(process {self.process_id})",
+                now=time.time(),
+            )
+        except Exception as exc:  # the mode changed all the same; only its record is lost
+            log.warning("could not audit the mode change: %s", exc)

@@ -1,10 +1,16 @@
-"""Rollout operations: deploy a version beside the live one, step a canary, promote,
-roll back; the registry keeps every change, so a restart resumes where it was.
+"""Rollout operations: deploy a version beside the live one, promote it, roll it back,
+through any process; the registry keeps every change, every process follows it, and a
+restart resumes where it was.
 
-The admin API and the CLI are two faces of these operations. Decisions about when
-a canary advances or rolls back are the sans-IO `RolloutController`'s; this module
-feeds it measurements on a timer and carries out what it decides: switching the
-route, draining and unloading the version that lost, persisting and auditing.
+An operation is one read-modify-write of the endpoint's route in the registry
+(`route_docs.py` computes the new doc from the latest one, inside the transaction),
+with one audit entry. The process that made it then serves the new doc at once and
+announces it; the others follow within `cluster.poll_interval_s` (at once with Redis).
+A deploy loads and warms the version here before the change is written, so a version
+that cannot load is refused with nothing changed.
+
+When a canary advances or rolls back is the sans-IO `RolloutController`'s decision,
+taken by the one process holding the rollout lease (`rollout_leader.py`).
 """
 
 from __future__ import annotations
@@ -16,25 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from surge.config import Config
-from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
-from surge.core.periodic import Periodic
-from surge.routing.rollout import (
-    Advance,
-    Decision,
-    Hold,
-    Promote,
-    Rollback,
-    RolloutController,
-    RolloutPolicy,
-    Snapshot,
-)
+from surge.routing.rollout import RolloutController, RolloutPolicy
+from surge.serving import route_docs
 from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory, check_compatible
 from surge.serving.lifecycle import VersionLifecycle
-from surge.serving.rollout_status import describe_route, version_ref
-from surge.store.registry import RegistryStore
+from surge.serving.reconcile import RouteReconciler
+from surge.serving.rollout_status import describe_route
+from surge.store.registry import RegistryStore, RouteUpdate
 
 log = logging.getLogger("surge.rollouts")
 
@@ -62,99 +59,90 @@ class Rollouts:
         endpoints: dict[str, Endpoint],
         factory: DeploymentFactory,
         store: RegistryStore,
-        clock: Callable[[], float] = monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.endpoints = endpoints
         self.factory = factory
         self.store = store
-        self.clock = clock
         self.wall_clock = wall_clock
-        self.controllers: dict[str, RolloutController] = {}
-        self.waiting_for: dict[str, str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self.versions = VersionLifecycle(factory, store, config.server.shutdown_grace_s, wall_clock)
-        self._ticker: Periodic | None = None
+        self.reconciler = RouteReconciler(endpoints, self.versions)
+        # Set once the control plane exists: refuses changes while it is unreachable,
+        # announces them, and holds the fence of the rollout lease.
+        self.require_healthy: Callable[[], None] = lambda: None
+        self.announce: Callable[[str], Any] | None = None
+        self.fence: Callable[[], tuple[str, int] | None] = lambda: None
+        # What the rollout leader waits for, per endpoint: this process's own if it
+        # leads, else copied from the leader's heartbeat.
+        self.waiting: dict[str, str] = {}
 
     # -- start-up: the registry says what serves --------------------------------------
 
-    async def restore(self, name: str, doc: dict[str, Any], stable: Deployment) -> None:
-        """Bring back a rollout the registry recorded for `name` (its stable already runs)."""
-        candidate_ref = doc.get("candidate")
-        if not candidate_ref:
-            return
-        endpoint = self.endpoints[name]
-        mode = doc["mode"]
-        candidate = await self.versions.load(
-            name, candidate_ref, shadow=mode == "shadow", actor="restart"
-        )
-        check_compatible(stable, candidate)
-        percent = float(doc.get("percent", 0.0))
-        saved = doc.get("rollout")
-        if saved and mode in ("canary", "shadow"):
-            # The step resumes where it was; its measurement window restarts with the
-            # process, since what was measured before the restart was held in memory.
-            controller = RolloutController.from_dict(policy_of(self.config, name), saved)
-            controller.step_started_at = self.clock()
-            self.controllers[name] = controller
-            percent = controller.percent
-        endpoint.ab_key = doc.get("ab_key") or endpoint.ab_key
-        endpoint.set_route(mode, candidate, percent)
-        log.info(
-            "%s: resumed %s of %s at %.1f %%",
-            name,
-            mode,
-            candidate.spec.version.ref,
-            endpoint.percent,
-        )
-
     def config_ref(self, name: str) -> dict[str, str]:
-        """The version the config file names for `name`."""
+        """The version the config names for `name`."""
         return {"model": self.config.model_of(name), "version": self.config.endpoints[name].version}
 
-    async def persist_configured(self, name: str, previous: dict[str, Any] | None) -> None:
-        """Record that `name` serves what the config names (first start, or a config change)."""
-        ref = self.config_ref(name)
-        reason = f"serving {ref['model']}@{ref['version']} from the config"
-        if previous is not None:
-            was = previous.get("stable", {})
-            reason += f" (the registry had {was.get('model')}@{was.get('version')}"
-            if previous.get("candidate"):
-                reason += f" and a {previous.get('mode')} of {previous['candidate']}"
-            reason += "; the config changed since)"
-        await self._persist(name, "config", "configure", reason)
-
-    async def abandon(self, name: str, reason: str) -> None:
-        """A recorded rollout that cannot resume: serve stable only, and say so."""
-        self.controllers.pop(name, None)
-        await self._persist(name, "restart", "rollback", reason)
-
-    def doc(self, name: str) -> dict[str, Any]:
-        """The endpoint's route as the registry stores it."""
-        endpoint = self.endpoints[name]
-        controller = self.controllers.get(name)
-        return {
-            "stable": version_ref(endpoint.stable),
-            "candidate": version_ref(endpoint.candidate) if endpoint.candidate else None,
-            "mode": endpoint.mode,
-            "percent": endpoint.percent,
-            "ab_key": endpoint.ab_key,
-            "rollout": controller.to_dict() if controller else None,
-            "config_version": self.config_ref(name),
-        }
-
-    def start(self) -> None:
-        interval = min(
-            (e.rollout.evaluate_interval_s for e in self.config.endpoints.values()), default=1.0
+    async def open_endpoint(self, name: str, doc: dict[str, Any] | None) -> Endpoint:
+        """Start serving `name`: the registry's route if the config still names the same
+        version, else the config's (recorded once, by whichever process starts first)."""
+        config_ref = self.config_ref(name)
+        current = route_docs.still_current(doc, config_ref)
+        stable_ref = current["stable"] if current else config_ref
+        stable = await self.versions.load(name, stable_ref, shadow=False, actor="config")
+        endpoint_config = self.config.endpoints[name]
+        endpoint = Endpoint(
+            name,
+            stable,
+            retry_on_stable=endpoint_config.rollout.retry_on_stable,
+            ab_key=endpoint_config.ab_key,
         )
-        self._ticker = Periodic("rollout evaluation", interval, self._evaluate_all, logger=log)
-        self._ticker.start()
+        self.endpoints[name] = endpoint
+        if current is None:
+            await self._record_configured(name, config_ref)
+        return endpoint
 
-    async def stop(self) -> None:
-        if self._ticker is not None:
-            await self._ticker.stop()
-        await self.versions.wait_retired()
+    async def _record_configured(self, name: str, config_ref: dict[str, str]) -> None:
+        reason = f"serving {config_ref['model']}@{config_ref['version']} from the config"
+
+        def change(before: dict[str, Any] | None) -> dict[str, Any] | None:
+            if route_docs.still_current(before, config_ref) is not None:
+                return None  # another process starting with this config recorded it
+            return route_docs.configured(config_ref, before)
+
+        if doc := await self._registry_doc(name):
+            was = doc.get("stable", {})
+            reason += f" (the registry had {was.get('model')}@{was.get('version')}"
+            if doc.get("candidate"):
+                reason += f" and a {doc.get('mode')} of {doc['candidate']}"
+            reason += "; the config changed since)"
+        await asyncio.to_thread(
+            self.store.update_route, name, change, actor="config", action="configure",
+            reason=reason, now=self.wall_clock(),
+        )  # fmt: skip
+
+    async def _registry_doc(self, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.store.load_route, name)
+
+    async def follow(self, key: str, doc: dict[str, Any], revision: int) -> bool:
+        """The follower's hook for an endpoint's route (other keys are not ours)."""
+        if key not in self.endpoints:
+            return True
+        async with self.reconciler.lock(key):
+            return await self.reconciler.apply(key, doc, revision)
+
+    def doc(self, name: str) -> dict[str, Any] | None:
+        """The route this process serves for `name`, as the registry stored it."""
+        return self.reconciler.docs.get(name)
+
+    def controller(self, name: str) -> RolloutController | None:
+        doc = self.doc(name)
+        if doc is None:
+            return None
+        try:
+            return route_docs.controller_of(doc, policy_of(self.config, name), self.wall_clock())
+        except (SurgeError, ValueError, KeyError):
+            return None
 
     # -- operations -------------------------------------------------------------------
 
@@ -166,9 +154,6 @@ class Rollouts:
                 "endpoint_not_found", f"unknown endpoint {name!r}; known: {known}", 404
             )
         return endpoint
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
 
     async def deploy(
         self,
@@ -182,105 +167,145 @@ class Rollouts:
         actor: str,
     ) -> dict[str, Any]:
         endpoint = self._endpoint(name)
-        if self.config.server.workers > 1:
-            raise SurgeError(
-                "unsupported",
-                "rollouts change one process's routes; with server.workers > 1 the other "
-                "workers would not follow yet. Run rollouts with workers: 1",
-                409,
-            )
         if mode not in DEPLOY_MODES:
             raise SurgeError(
                 "invalid_input", f"mode must be one of {', '.join(DEPLOY_MODES)}, got {mode!r}", 400
             )
         if percent is not None and not 0 < percent <= 100:
             raise SurgeError("invalid_input", f"percent must be in (0, 100], got {percent}", 400)
-        async with self._lock(name):
-            if endpoint.candidate is not None:
-                raise SurgeError(
-                    "rollout_in_progress",
-                    f"{name} is already running a {endpoint.mode} of "
-                    f"{endpoint.candidate.spec.version.ref}; promote or roll it back first",
-                    409,
+        self.require_healthy()
+        # Built before the candidate loads: a policy that cannot be built refuses the
+        # deploy with nothing loaded to clean up.
+        policy = policy_of(self.config, name) if mode in ("canary", "shadow") else None
+        route_docs.require_no_rollout(name, self.doc(name), version)  # fail fast, unloaded
+        ref = {"model": model, "version": version}
+        candidate = await self.versions.load(name, ref, shadow=mode == "shadow", actor=actor)
+        try:
+            check_compatible(endpoint.stable, candidate)
+            change, reason = self._deploy_change(name, ref, mode, percent, ab_key, policy)
+            used = await self.change_route(name, change, actor, "deploy", reason, candidate)
+        except BaseException:
+            await candidate.stop()
+            raise
+        if not used:
+            await candidate.stop()
+        return await self.status(name)
+
+    def _deploy_change(
+        self,
+        name: str,
+        ref: dict[str, str],
+        mode: str,
+        percent: float | None,
+        ab_key: str | None,
+        policy: RolloutPolicy | None,
+    ) -> tuple[RouteUpdate, str]:
+        version = ref["version"]
+        now = self.wall_clock()
+        if mode == "swap":
+            reason = f"hot swap to {ref['model']}@{version}"
+        elif mode == "ab":
+            share = 50.0 if percent is None else percent
+            key = ab_key or self.config.endpoints[name].ab_key
+            reason = f"sticky A/B on {key}: {share:g} % to v{version}"
+        else:
+            assert policy is not None
+            controller = RolloutController(policy, stage=mode, step=0, step_started_at=now)
+            if mode == "canary" and percent is not None:
+                # --canary 5%: start at the first configured step at or above it.
+                controller.step = next(
+                    i for i, p in enumerate(policy.steps_percent) if p >= percent
                 )
-            if version == endpoint.stable.version:
-                # Versions are addressed by number alone (/v2/models/{m}/versions/{v}).
-                raise SurgeError(
-                    "already_serving",
-                    f"{name} already serves version {version!r} "
-                    f"({endpoint.stable.spec.version.ref}); deploy another version number",
-                    409,
-                )
-            # Built before the candidate loads: a policy that cannot be built refuses the
-            # deploy with nothing loaded to clean up.
-            policy = policy_of(self.config, name) if mode in ("canary", "shadow") else None
-            candidate = await self.versions.load(
-                name, {"model": model, "version": version}, shadow=mode == "shadow", actor=actor
+            reason = (
+                f"canary of v{version} at {controller.percent:g} %"
+                if mode == "canary"
+                else f"shadowing v{version}"
             )
-            try:
-                check_compatible(endpoint.stable, candidate)
-            except SurgeError:
-                await candidate.stop()
-                raise
-            now = self.clock()
+
+        def change(before: dict[str, Any] | None) -> dict[str, Any]:
+            before = route_docs.require_no_rollout(name, before, version)
             if mode == "swap":
-                self.versions.retire(endpoint.swap_stable(candidate))
-                reason = f"hot swap to {model}@{version}"
-            elif mode == "ab":
-                share = 50.0 if percent is None else percent
-                endpoint.ab_key = ab_key or self.config.endpoints[name].ab_key
-                endpoint.set_route("ab", candidate, share)
-                reason = f"sticky A/B on {endpoint.ab_key}: {share:g} % to v{version}"
-            else:
-                assert policy is not None
-                controller = RolloutController(policy, stage=mode, step=0, step_started_at=now)
-                if mode == "canary" and percent is not None:
-                    # --canary 5%: start at the first configured step at or above it.
-                    controller.step = next(
-                        i for i, p in enumerate(policy.steps_percent) if p >= percent
-                    )
-                self.controllers[name] = controller
-                endpoint.set_route(mode, candidate, controller.percent)
-                self._reset_windows(endpoint)
-                reason = (
-                    f"canary of v{version} at {controller.percent:g} %"
-                    if mode == "canary"
-                    else f"shadowing v{version}"
-                )
-            await self._persist(name, actor, "deploy", reason)
-            return self.status(name)
+                return route_docs.single(before, ref)
+            if mode == "ab":
+                return route_docs.with_candidate(before, ref, "ab", share, ab_key=key)
+            return route_docs.with_candidate(
+                before, ref, mode, controller.percent, rollout=route_docs.rollout_state(controller)
+            )
+
+        return change, reason
 
     async def promote(self, name: str, *, actor: str, reason: str = "operator") -> dict[str, Any]:
-        return await self._operator(name, "promote", actor, reason)
+        self._endpoint(name)
+        self.require_healthy()
+
+        def change(before: dict[str, Any] | None) -> dict[str, Any]:
+            candidate = route_docs.require_candidate(name, before, "promote")
+            assert before is not None
+            return route_docs.single(before, candidate)
+
+        await self.change_route(name, change, actor, "promote", f"promoted by {actor}: {reason}")
+        return await self.status(name)
 
     async def rollback(self, name: str, *, actor: str, reason: str = "operator") -> dict[str, Any]:
-        return await self._operator(name, "rollback", actor, reason)
+        self._endpoint(name)
+        self.require_healthy()
 
-    async def _operator(self, name: str, event: str, actor: str, reason: str) -> dict[str, Any]:
-        endpoint = self._endpoint(name)
-        async with self._lock(name):
-            if endpoint.candidate is None:
-                raise SurgeError("no_rollout", f"{name} has no candidate to {event}", 409)
-            controller = self.controllers.get(name)
-            if event == "promote":
-                if controller is not None:
-                    controller.promote(self.clock(), reason)
-                await self._finish_promotion(name, actor, f"promoted by {actor}: {reason}")
-            else:
-                if controller is not None:
-                    controller.rollback(self.clock(), reason)
-                await self._finish_rollback(name, actor, f"rolled back by {actor}: {reason}")
-        return self.status(name)
+        def change(before: dict[str, Any] | None) -> dict[str, Any]:
+            route_docs.require_candidate(name, before, "roll back")
+            assert before is not None
+            return route_docs.single(before, before["stable"])
 
-    def status(self, name: str) -> dict[str, Any]:
-        endpoint = self._endpoint(name)
-        return describe_route(
-            endpoint,
-            self.controllers.get(name),
-            waiting_for=self.waiting_for.get(name, "the first evaluation"),
-            ab_key=endpoint.ab_key,
-            now=self.clock(),
+        await self.change_route(
+            name, change, actor, "rollback", f"rolled back by {actor}: {reason}"
         )
+        return await self.status(name)
+
+    async def change_route(
+        self,
+        name: str,
+        change: RouteUpdate,
+        actor: str,
+        action: str,
+        reason: str,
+        preloaded: Deployment | None = None,
+        fence: tuple[str, int] | None = None,
+    ) -> bool:
+        """Write the change (one transaction, one audit entry), serve it here at once, and
+        tell the other processes. Whether it was written (`change` may decline)."""
+        async with self.reconciler.lock(name):
+            entry = await asyncio.to_thread(
+                self.store.update_route, name, change, actor=actor, action=action,
+                reason=reason, now=self.wall_clock(), fence=fence,
+            )  # fmt: skip
+            if entry is None:
+                return False
+            assert entry.after is not None
+            served = await self.reconciler.apply(
+                name, entry.after, entry.revision, preloaded=preloaded, actor=actor
+            )
+        level = logging.INFO if served else logging.ERROR
+        log.log(level, "%s: %s by %s: %s", name, action, actor, reason)
+        if self.announce is not None:
+            await self.announce(name)
+        return served
+
+    async def status(self, name: str) -> dict[str, Any]:
+        endpoint = self._endpoint(name)
+        doc = describe_route(
+            endpoint,
+            self.controller(name),
+            waiting_for=self.waiting_for(name),
+            ab_key=endpoint.ab_key,
+            now=self.wall_clock(),
+        )
+        doc["revision"] = self.reconciler.revisions.get(name)
+        failure = self.reconciler.failures.get(name)
+        doc["load_failure"] = None if failure is None else failure.message
+        return doc
+
+    def waiting_for(self, name: str) -> str:
+        """What the rollout leader waits for; set by `RolloutLeader`."""
+        return self.waiting.get(name, "the first evaluation")
 
     async def history(
         self, name: str | None = None, limit: int = 100, action: str | None = None
@@ -290,88 +315,5 @@ class Rollouts:
         entries = await asyncio.to_thread(self.store.audit, name, limit, action)
         return [e.to_dict() for e in entries]
 
-    # -- the controller loop ---------------------------------------------------------------
-
-    async def _evaluate_all(self) -> None:
-        for name in list(self.controllers):
-            if self._lock(name).locked():
-                continue  # an operator's change is under way; judge again next tick
-            try:
-                async with self._lock(name):
-                    await self.evaluate(name)
-            except Exception:  # one endpoint's failure must not skip the others; logged
-                log.exception("rollout evaluation of %s failed", name)
-
-    async def evaluate(self, name: str) -> Decision | None:
-        """One controller step for `name` (the timer calls it; tests may too)."""
-        controller = self.controllers.get(name)
-        endpoint = self.endpoints[name]
-        if controller is None or endpoint.candidate is None:
-            return None
-        stable = endpoint.stats[endpoint.stable.version]
-        candidate = endpoint.stats[endpoint.candidate.version]
-        snapshot = Snapshot(
-            stable=stable.window(),
-            candidate=candidate.window(),
-            shadow_compared=candidate.window_compared,
-            shadow_agreement=candidate.shadow_agreement,
-        )
-        decision = controller.evaluate(self.clock(), snapshot)
-        if isinstance(decision, Hold):
-            self.waiting_for[name] = decision.waiting_for
-        elif isinstance(decision, Advance):
-            endpoint.set_route("canary", endpoint.candidate, decision.percent)
-            self._reset_windows(endpoint)
-            await self._persist(name, "controller", "advance", decision.reason)
-        elif isinstance(decision, Promote):
-            await self._finish_promotion(name, "controller", decision.reason)
-        elif isinstance(decision, Rollback):
-            await self._finish_rollback(name, "controller", decision.reason)
-        return decision
-
-    # -- carrying out decisions --------------------------------------------------------------
-
-    async def _finish_promotion(self, name: str, actor: str, reason: str) -> None:
-        endpoint = self.endpoints[name]
-        candidate = endpoint.candidate
-        assert candidate is not None
-        if endpoint.mode == "shadow":
-            # The shadow copy runs at background priority with its own metrics; the
-            # version that takes live traffic is loaded afresh at live priority.
-            live = await self.versions.load(name, version_ref(candidate), shadow=False, actor=actor)
-            endpoint.set_route("single", None, 0.0)
-            self.versions.retire(candidate)
-            candidate = live
-        self.versions.retire(endpoint.swap_stable(candidate))
-        self.controllers.pop(name, None)
-        self.waiting_for.pop(name, None)
-        await self._persist(name, actor, "promote", reason)
-
-    async def _finish_rollback(self, name: str, actor: str, reason: str) -> None:
-        endpoint = self.endpoints[name]
-        candidate = endpoint.candidate
-        assert candidate is not None
-        endpoint.set_route("single", None, 0.0)
-        self.versions.retire(candidate)
-        self.controllers.pop(name, None)
-        self.waiting_for.pop(name, None)
-        log.warning("%s: rolled back %s: %s", name, candidate.spec.version.ref, reason)
-        await self._persist(name, actor, "rollback", reason)
-
-    def _reset_windows(self, endpoint: Endpoint) -> None:
-        for deployment in endpoint.deployments:
-            endpoint.stats[deployment.version].reset_window()
-
-    async def _persist(self, name: str, actor: str, action: str, reason: str) -> None:
-        """The route as it is now, and an audit entry with what it was, in one transaction."""
-        after = self.doc(name)
-        await asyncio.to_thread(
-            self.store.apply_change,
-            name,
-            after,
-            actor=actor,
-            action=action,
-            reason=reason,
-            now=self.wall_clock(),
-        )
-        log.info("%s: %s by %s: %s", name, action, actor, reason)
+    async def stop(self) -> None:
+        await self.versions.wait_retired()

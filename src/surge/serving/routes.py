@@ -27,7 +27,7 @@ from surge.routing.cascade import CascadePolicy, CascadeTier, TierOutcome, judge
 from surge.routing.deadline_ladder import Rung, choose_rung
 from surge.routing.rules import first_match, parse_rules
 from surge.serving.admission import completion_estimate_s
-from surge.serving.bandit_route import BanditRoute
+from surge.serving.bandit_route import BanditRoute, Remember
 from surge.serving.endpoint import Endpoint
 from surge.serving.target import Hints, RouteBase, Served, Target, rows_of
 from surge.store.registry import RegistryStore
@@ -291,9 +291,11 @@ def build_routes(
     endpoints: dict[str, Endpoint],
     review: ReviewSink,
     store: RegistryStore,
+    remember: Remember,
 ) -> dict[str, Route]:
     """Every configured route, built after the routes it targets (the config has
-    already refused unknown targets and cycles)."""
+    already refused unknown targets and cycles). `remember` records what a bandit
+    answered, for feedback through any process."""
     routes: dict[str, Route] = {}
     pending = dict(configs)
     while pending:
@@ -307,7 +309,7 @@ def build_routes(
             elif config.ladder is not None:
                 routes[name] = LadderRoute(name, config.ladder, targets)
             elif config.bandit is not None:
-                routes[name] = BanditRoute(name, config.bandit, targets, store)
+                routes[name] = BanditRoute(name, config.bandit, targets, store, remember)
             elif config.rules is not None:
                 routes[name] = RulesRoute(name, config.rules, targets)
             else:

@@ -83,7 +83,9 @@ def _check_unversioned(
     since migration 1 is exactly what those releases created. Refuse tables that lack a
     column of it rather than stamp them and let a later migration meet the surprise.
     Whether there were any tables."""
-    present = [key for key in TABLES if exists(key)]
+    # The tables of version 1 only: a later migration's table in a database without a
+    # version was not made by a release, and is left for that migration to trip over.
+    present = [key for key in INITIAL_COLUMNS if exists(key)]
     for key in present:
         cursor = conn.execute(sql(f"SELECT * FROM {{{key}}} WHERE 1 = 0"))
         columns = {column[0] for column in cursor.description}
@@ -109,13 +111,18 @@ def _recreate_missing(
     empty at the version's shape, as CREATE TABLE IF NOT EXISTS on every open used to
     bring it back: by replaying the applied statements that name that table alone."""
     for key in TABLES:
-        if exists(key):
+        statements = [
+            statement
+            for migration in MIGRATIONS[:found]
+            for statement in migration.statements
+            if _tables_named(statement) == {key}
+        ]
+        # No statement: a table of a later migration, not missing but not due yet.
+        if not statements or exists(key):
             continue
         log.warning("%s: table %s is missing; recreating it empty", where, sql("{" + key + "}"))
-        for migration in MIGRATIONS[:found]:
-            for statement in migration.statements:
-                if _tables_named(statement) == {key}:
-                    conn.execute(sql(statement))
+        for statement in statements:
+            conn.execute(sql(statement))
 
 
 def _tables_named(statement: str) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from surge.core.errors import SurgeError
@@ -44,9 +44,14 @@ class AuditEntry:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     reason: str
+    # The route's revision after the change, for the process that made it; not part of
+    # the log (None in entries read back from it).
+    revision: int | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        del doc["revision"]
+        return doc
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from surge.store.cluster import ClusterTables
@@ -193,8 +194,9 @@ class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
         def work(conn: Any) -> AuditEntry:
             if fence is not None:
                 self._check_fence(conn, fence, now, endpoint)
-            before, after = self._locked_update(conn, endpoint, change, now)
-            return self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
+            before, after, revision = self._locked_update(conn, endpoint, change, now)
+            entry = self._append_audit(conn, now, actor, action, endpoint, before, after, reason)
+            return replace(entry, revision=revision)
 
         try:
             return self._write(work)
@@ -225,7 +227,7 @@ class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
 
     def _locked_update(
         self, conn: Any, key: str, change: RouteChange, now: float
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], int]:
         # Inserting first gives a new key a row to lock, so two first changes of the
         # same key also queue behind each other.
         conn.execute(
@@ -242,14 +244,14 @@ class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
         after = change(before)
         if after is None:
             raise _Unchanged(f"the change of {key} returned None: nothing to write")
-        conn.execute(
+        (revision,) = conn.execute(
             self._sql(
                 "UPDATE {r} SET doc = {j}, updated_at = ?, revision = revision + 1 "
-                "WHERE endpoint = ?"
+                "WHERE endpoint = ? RETURNING revision"
             ),
             (encode_json(after), now, key),
-        )
-        return before, after
+        ).fetchone()
+        return before, after, int(revision)
 
     def audit(
         self, endpoint: str | None = None, limit: int = 100, action: str | None = None
