@@ -9,6 +9,7 @@ import httpx
 from conftest import run_server
 
 from surge.demo.build import build_noop
+from surge.store.schema import MIGRATIONS
 from tests.unit.test_store_migrations import (
     OLD_ROUTE,
     Database,
@@ -34,7 +35,7 @@ def test_a_server_on_a_registry_from_before_schema_versions_migrates_it_and_serv
         assert answer.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
         assert server.terminate() == 0
 
-    assert db.schema_versions() == [1, 2]
+    assert db.schema_versions() == [m.version for m in MIGRATIONS]
     store = db.open()
     try:
         assert store.load_route("digits") == OLD_ROUTE  # the old release's route, kept
