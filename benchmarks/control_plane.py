@@ -39,18 +39,30 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# One client per process watched, made once: making an httpx.Client costs tens of ms
+# (its TLS context), which a client per change would add to every figure.
+_CLIENTS: dict[str, httpx.Client] = {}
+
+
+def _client(url: str) -> httpx.Client:
+    if url not in _CLIENTS:
+        _CLIENTS[url] = httpx.Client(headers=HEADERS, timeout=5)
+    return _CLIENTS[url]
+
+
 def _wait_all(urls: list[str], seen, timeout_s: float = 30.0) -> float:
     """Seconds until `seen(client, url)` holds for every url (polled every 5 ms each)."""
     started = time.perf_counter()
     done: dict[str, float] = {}
+    clients = {url: _client(url) for url in urls}
 
     def watch(url: str) -> None:
-        with httpx.Client(headers=HEADERS, timeout=5) as client:
-            while time.perf_counter() - started < timeout_s:
-                if seen(client, url):
-                    done[url] = time.perf_counter()
-                    return
-                time.sleep(0.005)
+        client = clients[url]
+        while time.perf_counter() - started < timeout_s:
+            if seen(client, url):
+                done[url] = time.perf_counter()
+                return
+            time.sleep(0.005)
 
     threads = [threading.Thread(target=watch, args=(u,)) for u in urls]
     for t in threads:
