@@ -15,7 +15,17 @@ from surge.core.errors import SurgeError
 from surge.store import RegistryStore, ReviewItem, open_store
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = ("reviews", "audit", "routes", "versions")
+TABLES = (
+    "reviews",
+    "audit",
+    "routes",
+    "versions",
+    "receipts",
+    "schema_version",
+    "processes",
+    "leases",
+    "pending_feedback",
+)
 
 OpenStore = Callable[[], RegistryStore]
 
