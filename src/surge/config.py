@@ -12,12 +12,14 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from surge.config_cluster import ClusterConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
+from surge.config_routes import RouteConfig
 from surge.routing.rollout import RolloutPolicy, check_steps_percent
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
@@ -148,94 +150,6 @@ class EndpointConfig(Strict):
     cost: CostConfig = Field(default_factory=CostConfig)
 
 
-class CascadeTierConfig(Strict):
-    target: str = Field(description="an endpoint or another route")
-    threshold: float = Field(
-        ge=0, le=1, description="confidence at or above which a row is accepted"
-    )
-    confidence: Literal["max_probability", "margin"] = "max_probability"
-
-
-class CascadeConfig(Strict):
-    tiers: list[CascadeTierConfig] = Field(min_length=1, description="cheapest first")
-    review: bool = Field(
-        True, description="rows the last tier is unsure of are flagged and queued for human review"
-    )
-
-
-class LadderConfig(Strict):
-    rungs: list[str] = Field(min_length=1, description="targets, best (slowest) first")
-    safety_margin: float = Field(
-        0.9, gt=0, le=1, description="a rung fits when its estimate <= this x the time left"
-    )
-
-
-class FallbackConfig(Strict):
-    targets: list[str] = Field(min_length=2, description="tried in order on error or timeout")
-    failure_threshold: int = Field(5, ge=1, description="failures in window_s that open a breaker")
-    window_s: float = Field(10.0, gt=0)
-    open_s: float = Field(5.0, gt=0, description="how long an open breaker refuses before a probe")
-
-
-class BanditConfig(Strict):
-    arms: list[str] = Field(min_length=2, description="targets the bandit learns between")
-    strategy: Literal["thompson", "epsilon_greedy"] = "thompson"
-    epsilon: float = Field(0.1, ge=0, le=1, description="epsilon_greedy: share explored")
-    segment_header: str | None = Field(
-        None, description="learn separately per value of this header (e.g. x-tenant)"
-    )
-    sync_s: float = Field(5.0, gt=0, description="how often counts are shared via the registry")
-
-
-class RulesConfig(Strict):
-    rules: list[dict[str, Any]] = Field(
-        description="in order: {name, when: [{field, op, value}], target}; fields: "
-        "header:<name>, tenant, priority, input_rows, input_bytes, param:<name>"
-    )
-    default: str = Field(description="the target when no rule matches")
-
-    @field_validator("rules")
-    @classmethod
-    def _rules_parse(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from surge.routing.rules import parse_rules  # a pure module: no cycle, no I/O
-
-        parse_rules(rules)
-        return rules
-
-    def targets(self) -> list[str]:
-        return [*(str(rule.get("target")) for rule in self.rules), self.default]
-
-
-class RouteConfig(Strict):
-    """A public name whose requests a policy sends to endpoints (or other routes)."""
-
-    cascade: CascadeConfig | None = None
-    ladder: LadderConfig | None = None
-    fallback: FallbackConfig | None = None
-    bandit: BanditConfig | None = None
-    rules: RulesConfig | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one_policy(self) -> RouteConfig:
-        kinds = ("cascade", "ladder", "fallback", "bandit", "rules")
-        chosen = [k for k in kinds if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise ValueError(f"a route names exactly one policy ({', '.join(kinds)}), got {chosen}")
-        return self
-
-    def targets(self) -> list[str]:
-        if self.cascade is not None:
-            return [t.target for t in self.cascade.tiers]
-        if self.ladder is not None:
-            return list(self.ladder.rungs)
-        if self.bandit is not None:
-            return list(self.bandit.arms)
-        if self.rules is not None:
-            return self.rules.targets()
-        assert self.fallback is not None
-        return list(self.fallback.targets)
-
-
 class ModesConfig(Strict):
     """Burst modes (normal / surge / emergency, see routing/modes.py), flipped by load."""
 
@@ -261,39 +175,6 @@ class AdminConfig(Strict):
         description="admin keys, hashed at rest; SURGE_ADMIN_KEY adds one named "
         "SURGE_ADMIN_KEY_NAME (default 'env')",
     )
-
-
-class ClusterConfig(Strict):
-    """How the processes that share a registry act as one (README: "Many processes,
-    many hosts")."""
-
-    poll_interval_s: float = Field(
-        0.5,
-        gt=0,
-        description="longest a process goes without comparing its routes' revisions with "
-        "the registry's (a Redis notification makes it look at once)",
-    )
-    heartbeat_interval_s: float = Field(
-        1.0, gt=0, description="how often a process publishes what it serves and measured"
-    )
-    process_timeout_s: float = Field(
-        5.0, gt=0, description="a process silent this long is counted out (it died)"
-    )
-    lease_ttl_s: float = Field(
-        3.0,
-        gt=0,
-        description="the rollout leader's lease: renewed every third of it; another "
-        "process takes over this long after the leader dies",
-    )
-    pending_feedback_ttl_s: float = Field(
-        3600.0, gt=0, description="how long an answer of a bandit route accepts feedback"
-    )
-
-    @model_validator(mode="after")
-    def _heartbeats_outpace_the_timeout(self) -> ClusterConfig:
-        if self.process_timeout_s < 2 * self.heartbeat_interval_s:
-            raise ValueError("process_timeout_s must be at least 2 x heartbeat_interval_s")
-        return self
 
 
 class Config(Strict):

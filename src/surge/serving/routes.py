@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from surge.config import CascadeConfig, FallbackConfig, LadderConfig, RulesConfig
+from surge.config_routes import CascadeConfig, FallbackConfig, LadderConfig, RulesConfig
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
