@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surge.config_cluster import ClusterConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
 from surge.config_routes import RouteConfig
+from surge.config_security import AuthConfig, LimitsConfig, TenantConfig, check_tenant_names
 from surge.routing.rollout import RolloutPolicy, check_steps_percent
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
@@ -199,6 +200,13 @@ class Config(Strict):
     )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict,
+        description="the tenants surge knows by name: their priority, limits and budget; "
+        "metrics label only these (others count as 'other')",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routes: dict[str, RouteConfig] = Field(
         default_factory=dict, description="public names served by a routing policy"
     )
@@ -207,6 +215,7 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> Config:
+        check_tenant_names(self.tenants)
         clash = sorted(set(self.routes) & set(self.endpoints))
         if clash:
             raise ValueError(f"routes {clash} have the names of endpoints")

@@ -27,7 +27,7 @@ SHA_B = "b" * 64
 def drop_tables(namespace: str) -> str:
     tables = (
         *("audit", "routes", "versions", "reviews", "receipts", "schema_version"),
-        *("processes", "leases", "pending_feedback"),
+        *("processes", "leases", "pending_feedback", "keys", "secrets"),
     )
     return "DROP TABLE IF EXISTS " + ", ".join(f"{namespace}_{t}" for t in tables)
 

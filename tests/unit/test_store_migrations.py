@@ -29,7 +29,7 @@ POSTGRES_URLS = (
 )
 TABLES = (
     *("versions", "routes", "audit", "reviews", "receipts", "schema_version"),
-    *("processes", "leases", "pending_feedback"),
+    *("processes", "leases", "pending_feedback", "keys", "secrets"),
 )
 EVERY_VERSION = [m.version for m in migrations.MIGRATIONS]
 SHA = "c" * 64
@@ -117,9 +117,8 @@ class Database:
         return store
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        names = {
-            key: f"{self.namespace}_{table}" for key, table in zip("vraqtsplf", TABLES, strict=True)
-        }
+        keys = "vraqtsplfkx"
+        names = {key: f"{self.namespace}_{table}" for key, table in zip(keys, TABLES, strict=True)}
         json_param = "?" if self.kind == "sqlite" else "CAST(? AS JSONB)"
         text = sql.format(**names, **PREVIOUS_RELEASE_TYPES[self.kind], j=json_param)
         if self.kind == "sqlite":

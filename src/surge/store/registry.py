@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from surge.core.errors import SurgeError
+
+if TYPE_CHECKING:
+    from surge.store.keys import KeyRecord
 
 # Table names are formatted into SQL, so the namespace must never carry anything but a name.
 _NAMESPACE = re.compile(r"[a-z_][a-z0-9_]*")
@@ -281,6 +284,25 @@ class RegistryStore(Protocol):
 
     def delete_expired_pending(self, now: float) -> int:
         """Forget the entries that expired before `now`; how many."""
+        ...
+
+    # -- client keys and shared secrets (store/keys.py) ---------------------------------------
+
+    def create_key(self, record: KeyRecord) -> None: ...
+
+    def list_keys(self) -> list[KeyRecord]: ...
+
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    def end_key(self, key_id: str, *, revoked_at: float | None, expires_at: float | None) -> bool:
+        """Revoke now (`revoked_at`), or expire at `expires_at` unless sooner; whether a
+        live key was there to end."""
+        ...
+
+    def touch_keys(self, used: dict[str, float]) -> None: ...
+
+    def shared_secret(self, name: str, make: Callable[[], str], now: float) -> str:
+        """The namespace's secret `name`: made by the first caller, the same for all."""
         ...
 
     def close(self) -> None: ...

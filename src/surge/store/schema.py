@@ -1,9 +1,9 @@
 """The store's tables, as an ordered list of migrations, in SQL both SQLite and PostgreSQL
 accept; and how a JSON value is written to and read back from them.
 
-`{v}`, `{r}`, `{a}`, `{q}`, `{t}`, `{p}`, `{l}`, `{f}` and `{s}` are the namespaced table
-names; `{real}`, `{json_type}` and `{serial}` the column types each backend spells its
-own way.
+`{v}`, `{r}`, `{a}`, `{q}`, `{t}`, `{p}`, `{l}`, `{f}`, `{k}`, `{x}` and `{s}` are the
+namespaced table names; `{real}`, `{json_type}` and `{serial}` the column types each
+backend spells its own way.
 
 A schema change is a new migration at the end of `MIGRATIONS`, never an edit of one
 already released: databases out there were built by the released ones (`migrations.py`
@@ -108,7 +108,7 @@ INITIAL_COLUMNS = {
 }  # fmt: skip
 
 # The store's tables, by the key its SQL names them with.
-TABLES = ("v", "r", "a", "q", "t", "p", "l", "f")
+TABLES = ("v", "r", "a", "q", "t", "p", "l", "f", "k", "x")
 
 # Version 3: what processes sharing a registry need to act as one surge (store/cluster.py).
 CLUSTER_SCHEMA = (
@@ -138,6 +138,32 @@ CLUSTER_SCHEMA = (
     "CREATE INDEX {f}_by_expiry ON {f} (expires_at)",
 )
 
+# Version 4: client API keys and the secrets every process shares (store/keys.py).
+KEYS_SCHEMA = (
+    # A client key: never the key itself, only a slow salted hash of it. The id is the
+    # key's visible prefix, so a presented key finds its row without trying every hash.
+    """CREATE TABLE {k} (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        scopes {json_type} NOT NULL,
+        hash TEXT NOT NULL,
+        created_at {real} NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_at {real},
+        revoked_at {real},
+        last_used_at {real},
+        settings {json_type} NOT NULL)""",
+    # A secret made once by whichever process needs it first (the feedback-token key):
+    # every process of the namespace then signs and checks with the same one.
+    """CREATE TABLE {x} (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        created_at {real} NOT NULL)""",
+    # Whose answer a pending feedback entry is: a key of that tenant may rate it.
+    "ALTER TABLE {f} ADD COLUMN tenant TEXT",
+)
+
 MIGRATIONS = (
     Migration(1, "versions, routes, audit, review queue and receipts", INITIAL_SCHEMA),
     # Processes that share a registry follow each route's revision: one integer compare
@@ -150,6 +176,7 @@ MIGRATIONS = (
         ("ALTER TABLE {r} ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",),
     ),
     Migration(3, "process heartbeats, leases and pending bandit feedback", CLUSTER_SCHEMA),
+    Migration(4, "client API keys, shared secrets, the tenant of pending feedback", KEYS_SCHEMA),
 )
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from surge.store.cluster import ClusterTables
+from surge.store.keys import KeyTables
 from surge.store.migrations import migrate
 from surge.store.receipts import ReceiptTable
 from surge.store.registry import (
@@ -38,7 +39,7 @@ class _Unchanged(Exception):
     not even the row inserted to lock on is left behind."""
 
 
-class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
+class SqlRegistryStore(ClusterTables, KeyTables, ReceiptTable, ReviewQueue, RegistryStore):
     """One DB-API connection, used by one thread at a time (admin operations are rare, so
     serialising them in-process costs nothing; other processes are kept out by the
     database's own locks, taken in `_transaction`)."""
@@ -64,6 +65,8 @@ class SqlRegistryStore(ClusterTables, ReceiptTable, ReviewQueue, RegistryStore):
             "p": f"{namespace}_processes",
             "l": f"{namespace}_leases",
             "f": f"{namespace}_pending_feedback",
+            "k": f"{namespace}_keys",
+            "x": f"{namespace}_secrets",
             "s": f"{namespace}_schema_version",
             "j": self.json_param,
             "real": self.real,
