@@ -11,13 +11,16 @@ class SurgeError(Exception):
 
     `code` is a stable machine-readable name (also the `reason` label of the
     rejection metrics), `status` the HTTP status, and `retry_after_s` — when
-    set — becomes a `Retry-After` header (whole seconds, rounded up).
+    set — becomes a `Retry-After` header (whole seconds, rounded up). `headers` are
+    further response headers the refusal must carry (a rate limit's `RateLimit` and
+    `RateLimit-Policy`), which the adapter adds as they are.
     """
 
     code: str
     message: str
     status: int = 400
     retry_after_s: float | None = None
+    headers: dict[str, str] | None = None
 
     def __str__(self) -> str:
         return self.message
