@@ -23,10 +23,19 @@ def header(request: Request | Exchange, name: bytes) -> str | None:
     return request.scope["surge.headers"].get(name)
 
 
+def byte_count(raw: str, what: str) -> int:
+    """A header's byte count, or a 400 naming it. ASCII digits only: `str.isdigit` also
+    passes '²' and other Unicode digits that `int` then refuses (a 500), and a count
+    longer than 18 digits is past any body's size (and past what `int` parses cheaply)."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise bad_input(f"{what} must be a byte count (ASCII digits), got {raw[:40]!r}")
+    return int(raw)
+
+
 async def read_body(request: Request | Exchange, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes."""
     declared = header(request, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and byte_count(declared, "Content-Length") > limit:
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0

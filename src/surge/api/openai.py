@@ -46,7 +46,7 @@ def _text_input(deployment: Deployment) -> str | None:
 @dataclass(frozen=True)
 class EmbeddingsRequest:
     model: str
-    texts: list[str]
+    inputs: list[object]  # as sent; `_texts` checks them once the endpoint's limit is known
     encoding: str
     dimensions: int | None
     user: str | None
@@ -54,6 +54,8 @@ class EmbeddingsRequest:
 
 
 def _parse(body: bytes) -> EmbeddingsRequest:
+    """The request's fields; `input` is only shaped into a list here: its items are
+    checked by `_texts` against the endpoint's count limit first."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -63,30 +65,64 @@ def _parse(body: bytes) -> EmbeddingsRequest:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise bad_input("'model' is required and must be a string naming an embeddings endpoint")
-    texts = payload.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    inputs = payload.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list):
         raise bad_input(
             "'input' must be a string or a list of strings (token arrays are not supported)"
         )
-    if not texts:
+    if not inputs:
         raise bad_input("'input' is an empty list; send at least one string")
-    encoding = payload.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
-        raise bad_input(f"'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+    encoding = payload.get("encoding_format")
+    if encoding is None:
+        encoding = "float"
+    elif encoding not in ("float", "base64"):
+        raise bad_input(f"'encoding_format' must be 'float' or 'base64', got {_show(encoding)}")
     dimensions = payload.get("dimensions")
-    if dimensions is not None and (not isinstance(dimensions, int) or dimensions <= 0):
-        raise bad_input(f"'dimensions' must be a positive integer, got {dimensions!r}")
+    # type(), not isinstance: JSON true is a bool, which Python counts as the int 1.
+    if dimensions is not None and (type(dimensions) is not int or dimensions <= 0):
+        raise bad_input(f"'dimensions' must be a positive integer, got {_show(dimensions)}")
     user = payload.get("user")
     if user is not None and not isinstance(user, str):
-        raise bad_input(f"'user' must be a string, got {user!r}")
-    return EmbeddingsRequest(model, texts, encoding, dimensions, user, len(body))
+        raise bad_input(f"'user' must be a string, got {_show(user)}")
+    return EmbeddingsRequest(model, inputs, encoding, dimensions, user, len(body))
+
+
+def _texts(inputs: list[object], max_items: int, max_bytes: int) -> list[bytes]:
+    """The input strings as UTF-8, checked count first: a body of a million tiny items
+    is refused on its length, before any per-item work on the event loop."""
+    if len(inputs) > max_items:
+        raise bad_input(f"'input' has {len(inputs)} strings; at most {max_items} per request")
+    texts: list[bytes] = []
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise bad_input(
+                f"'input' must be a string or a list of strings (token arrays are not "
+                f"supported); item {i} is {type(text).__name__}"
+            )
+        # One string can be at most what a whole body may carry (the server's body
+        # limit); said here so a body that reaches the parser some other way (inflated,
+        # streamed) cannot hand the model more.
+        data = text.encode("utf-8")
+        if len(data) > max_bytes:
+            raise bad_input(
+                f"'input' item {i} is {len(data)} bytes; at most {max_bytes} per string"
+            )
+        texts.append(data)
+    return texts
+
+
+def _show(value: object) -> str:
+    """A client's value in an error message, cut short: it may be a megabyte long."""
+    text = repr(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 async def embeddings(exchange: Exchange) -> Answer:
     state = exchange.state
-    parsed = _parse(await read_body(exchange, state.config.server.max_body_bytes))
+    max_bytes = state.config.server.max_body_bytes
+    parsed = _parse(await read_body(exchange, max_bytes))
     target = state.target(parsed.model)
     deployment = target.interface()  # what it takes (a route: its first endpoint's)
     text_input = _text_input(deployment)
@@ -99,15 +135,13 @@ async def embeddings(exchange: Exchange) -> Answer:
     admit_by_mode(exchange, modes)
     ctx = new_context(exchange, target.name, deployment.spec.timeout_s, modes)
     target.refuse_early(ctx)
-    max_items = deployment.spec.batching.max_batch_size
-    if len(parsed.texts) > max_items:
-        raise bad_input(f"'input' has {len(parsed.texts)} strings; at most {max_items} per request")
+    texts = _texts(parsed.inputs, deployment.spec.batching.max_batch_size, max_bytes)
     width = next(
         t.shape[1] for t in deployment.replicas[0].runtime.outputs if t.name == "embedding"
     )
     if parsed.dimensions is not None and parsed.dimensions != width:
         raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
-    tensors = {text_input: np.array([t.encode("utf-8") for t in parsed.texts], dtype=object)}
+    tensors = {text_input: np.array(texts, dtype=object)}
     ctx.stamp("validated", monotonic())
     params = {"user": parsed.user} if parsed.user else None
     hints = Hints(exchange.scope["headers"], params, parsed.body_bytes)

@@ -11,6 +11,7 @@ from surge import __version__
 from surge.api.exchange import Answer, Exchange, via_starlette
 from surge.api.http import (
     admit_by_mode,
+    byte_count,
     decompress,
     finish_answer,
     new_context,
@@ -19,7 +20,6 @@ from surge.api.http import (
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
-from surge.core.errors import bad_input
 from surge.serving.target import Hints
 
 JSON = "application/json"
@@ -81,17 +81,18 @@ async def infer(exchange: Exchange) -> Answer:
     admit_by_mode(exchange, modes)
     ctx = new_context(exchange, target.name, interface.spec.timeout_s, modes)
     target.refuse_early(ctx, version)
+    raw_length = exchange.header(b"inference-header-content-length")
+    # Checked before the body is read; its value against the body's length is the
+    # codec's check (a 400 naming both).
+    header_length = (
+        None if raw_length is None else byte_count(raw_length, "Inference-Header-Content-Length")
+    )
     limit = state.config.server.max_body_bytes
     body = decompress(await read_body(exchange, limit), exchange.header(b"content-encoding"), limit)
-    header_length = exchange.header(b"inference-header-content-length")
-    if header_length is not None and not header_length.isdigit():
-        raise bad_input(
-            f"Inference-Header-Content-Length must be a byte count, got {header_length!r}"
-        )
     runtime = interface.replicas[0].runtime
     parsed = decode_infer_request(
         body,
-        int(header_length) if header_length is not None else None,
+        header_length,
         runtime.inputs,
         runtime.outputs,
         interface.spec.batching.max_batch_size,

@@ -16,6 +16,7 @@ Wire notes the adapter relies on:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,10 @@ import orjson
 from surge.core import v2_data
 from surge.core.errors import SurgeError, bad_input
 from surge.core.tensors import TensorSpec
+
+# v2 parameter values are scalars (the protocol's `$parameter_value`); a few levels of
+# objects leave room for extensions, far more is an attack on whatever walks them.
+MAX_PARAMETER_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ def decode_infer_request(
     if request_id is not None and not isinstance(request_id, str):
         raise bad_input("'id' must be a string")
     parameters = _object(doc.get("parameters"), "request 'parameters'")
+    _check_depth(parameters, "request 'parameters'")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise bad_input("parameters.binary_data_output must be true or false")
@@ -98,6 +104,7 @@ def decode_infer_request(
                 f"{rows}; every input must have the same first dimension"
             )
         if size is None:
+            _check_room(name, shape, len(header))
             array = v2_data.from_json(name, spec.datatype, entry.get("data"), shape)
         else:
             if header_length is None:
@@ -274,6 +281,38 @@ def _check_input(
     elif "data" not in entry:
         raise bad_input(f"input '{name}' has no 'data' (or parameters.binary_data_size)")
     return name, spec, tuple(shape), size
+
+
+def _check_room(name: str, shape: tuple[int, ...], header_bytes: int) -> None:
+    """Refuse a shape that declares more JSON elements than the body holds before any
+    per-element work: each element takes at least 2 bytes (a digit and a comma; the last
+    one has no comma), so this never refuses a request whose data matches its shape."""
+    count = math.prod(shape)
+    room = (header_bytes + 1) // 2
+    if count > room:
+        raise bad_input(
+            f"input '{name}': shape {list(shape)} declares {count} elements but the "
+            f"{header_bytes}-byte JSON body can hold at most {room}"
+        )
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse objects and lists nested deeper than MAX_PARAMETER_DEPTH. The request's
+    parameters go on to routes and receipts, where str() and JSON encoding recurse:
+    a value 1,000 levels deep that orjson parsed fine would end there as a 500.
+    Iterative, so the check itself cannot hit the recursion limit."""
+    frontier = [value]
+    for _ in range(MAX_PARAMETER_DEPTH + 1):
+        children: list[Any] = []
+        for item in frontier:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        if not children:
+            return
+        frontier = children
+    raise bad_input(f"{what} are nested more than {MAX_PARAMETER_DEPTH} levels deep")
 
 
 def _check_rows(name: str, shape: tuple[int, ...], max_rows: int) -> int:

@@ -16,6 +16,7 @@ runtime, which decodes a remote v2 server's answer; hence here, not under api/.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -54,10 +55,7 @@ def from_json(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np
     """JSON `data` -> an array of `shape` with the datatype's numpy dtype (no casting)."""
     if not isinstance(data, list):
         raise bad_input(f"input '{name}': 'data' must be a list (flat row-major or nested)")
-    try:
-        flat = _flatten(data)
-    except ValueError:
-        raise bad_input(f"input '{name}': nested 'data' mixes lists and values") from None
+    flat = _flatten(name, data, len(shape))
     count = _product(shape)
     if len(flat) != count:
         raise bad_input(
@@ -83,15 +81,22 @@ def from_json(name: str, datatype: str, data: Any, shape: tuple[int, ...]) -> np
     return array.reshape(shape)
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    if not data or not isinstance(data[0], list):
-        return data  # already flat; a stray list inside is caught by the kind check
-    flat: list[Any] = []
-    for item in data:
-        if not isinstance(item, list):
-            raise ValueError
-        flat.extend(_flatten(item))
-    return flat
+def _flatten(name: str, data: list[Any], rank: int) -> list[Any]:
+    """Nested lists -> one flat list, a level at a time. Nesting deeper than the shape's
+    rank is refused: the depth is the client's to choose, and following it by recursion
+    let 1,000 levels of brackets end in a RecursionError (a 500)."""
+    level = data
+    for _ in range(rank):
+        if not level or type(level[0]) is not list:
+            return level  # flat; a stray list further on is caught by the kind check
+        if not all(type(item) is list for item in level):
+            raise bad_input(f"input '{name}': nested 'data' mixes lists and values")
+        level = list(itertools.chain.from_iterable(level))
+    if level and type(level[0]) is list:
+        raise bad_input(
+            f"input '{name}': 'data' is nested deeper than its shape's {rank} dimension(s)"
+        )
+    return level
 
 
 def to_json(array: np.ndarray, datatype: str) -> np.ndarray | list[str] | None:
