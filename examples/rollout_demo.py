@@ -31,7 +31,7 @@ import yaml
 from sklearn.datasets import load_digits
 
 from surge.demo.build import ensure_demo_models
-from surge.repository import write_manifest
+from surge.repository import link_version, write_manifest
 
 KEY = "demo-admin-key"
 BROKEN = """
@@ -51,8 +51,7 @@ def repository(root: Path) -> Path:
     demo = Path(".surge/models").resolve()
     ensure_demo_models(demo, ("digits/1", "digits/2"))
     for ref in ("digits/1", "digits/2"):
-        (root / ref).parent.mkdir(parents=True, exist_ok=True)
-        (root / ref).symlink_to(demo / ref, target_is_directory=True)
+        link_version(demo / ref, root / ref)  # a symlink would lead out of this repository
     broken = root / "digits" / "9"
     broken.mkdir()
     (broken / "model.py").write_text(BROKEN)

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from conftest import ADMIN, digits_rows
 
-from surge.repository import write_manifest
+from surge.repository import link_version, write_manifest
 
 # A version that loads and warms up fine (warm-up feeds zeros) but fails on real images.
 BROKEN_ON_REAL_INPUT = """
@@ -33,9 +33,7 @@ class Model:
 def rollout_repository(demo_models: Path, root: Path) -> Path:
     """digits 1 and 2 and embed 1 and 2 from the demo (linked), plus digits 9: broken."""
     for ref in ("digits/1", "digits/2", "embed/1", "embed/2"):
-        target = root / ref
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(demo_models / ref, target_is_directory=True)
+        link_version(demo_models / ref, root / ref)
     broken = root / "digits" / "9"
     broken.mkdir(parents=True)
     (broken / "model.py").write_text(BROKEN_ON_REAL_INPUT)

@@ -15,7 +15,7 @@ from rollout_helpers import BROKEN_ON_REAL_INPUT, rollout_repository
 from sklearn.datasets import load_digits
 
 from surge.config import Config
-from surge.repository import write_manifest
+from surge.repository import link_version, write_manifest
 
 SLOW_DIGITS = """
 import time
@@ -167,9 +167,7 @@ class Model:
 
 def test_bandit_learns_from_feedback_and_shares_what_it_learned(repo, tmp_path):
     root = tmp_path / "repo"
-    for ref in ("digits/1",):
-        (root / ref).parent.mkdir(parents=True, exist_ok=True)
-        (root / ref).symlink_to(repo / ref, target_is_directory=True)
+    link_version(repo / "digits" / "1", root / "digits" / "1")
     python_version(root, "zero", ALWAYS_ZERO)
     config = {
         "model_repository": str(root),
@@ -249,8 +247,7 @@ def test_a_remote_surge_serves_as_an_upstream_and_local_takes_over_when_it_dies(
         up = repo.parent / f"upstream-{remote.port}"
         version = up / "far" / "1"
         version.mkdir(parents=True)
-        (up / "digits").mkdir()
-        (up / "digits" / "1").symlink_to(repo / "digits" / "1", target_is_directory=True)
+        link_version(repo / "digits" / "1", up / "digits" / "1")
         (version / "model.yaml").write_text(yaml.safe_dump({
             "runtime": "upstream", **DIGITS_TENSORS,
             "parameters": {"url": remote.url, "protocol": "v2", "model": "digits",

@@ -141,11 +141,33 @@ def test_int8_reports_quality_and_caches(
     assert 0 < quality["max_abs_diff"] < 0.05
     assert any("int8 quality" in r.getMessage() for r in caplog.records)
     # Quantized once: the cache holds one file and a second load reuses it.
-    (cached,) = cache.iterdir()
+    (cached,) = cache.glob("*.onnx")
     mtime = cached.stat().st_mtime_ns
     assert quantize_int8(version.artifact_path, cache) == cached
     assert cached.stat().st_mtime_ns == mtime
     assert any(n.op_type == "MatMulInteger" for n in onnx.load(cached).graph.node)
+
+
+def test_a_tampered_int8_cache_is_rebuilt_never_loaded(
+    version: ModelVersion, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    cached = quantize_int8(version.artifact_path, cache)
+    good = cached.read_bytes()
+    # Someone swaps the quantized graph for one of their own (here: the fp32 graph).
+    cached.write_bytes(version.artifact_path.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="surge.runtimes"):
+        again = quantize_int8(version.artifact_path, cache)
+    assert again == cached and cached.read_bytes() == good
+    assert any("does not match its recorded sha256" in r.getMessage() for r in caplog.records)
+    assert any(n.op_type == "MatMulInteger" for n in onnx.load(cached).graph.node)
+    # A cache entry with no recorded digest (written before digests were) is rebuilt too.
+    next(cache.glob("*.sha256")).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="surge.runtimes"):
+        quantize_int8(version.artifact_path, cache)
+    assert any("does not match" in r.getMessage() for r in caplog.records)
+    assert len(list(cache.glob("*.sha256"))) == 1
 
 
 def test_int8_cache_defaults_to_version_dir(version: ModelVersion) -> None:

@@ -46,7 +46,7 @@ class EmbeddingsRuntime(Runtime):
         params = self.version.manifest.parameters
         self.max_seq_length = int(params.get("max_seq_length", 256))
         self.dimensions = int(params.get("dimensions", 384))
-        tokenizer_file = self.version.path / params.get("tokenizer", "tokenizer.json")
+        tokenizer_file = self.version.file(params.get("tokenizer", "tokenizer.json"))
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         # Fixed once here, never per call: sentence-transformers truncates at the
         # model's max_seq_length and pads each batch to its longest text (the

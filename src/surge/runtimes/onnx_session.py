@@ -8,6 +8,7 @@ pool steals them between batches).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -102,19 +103,56 @@ def quantize_int8(src: Path, cache_dir: Path) -> Path:
 
     The result is cached under the source file's sha256 and the recipe, so each
     artifact is quantized once however many replicas load it, and a rebuilt
-    artifact or a changed recipe never picks up a stale quantized copy.
+    artifact or a changed recipe never picks up a stale quantized copy. The cached
+    file's own sha256 is recorded beside it and checked on every reuse: the cache
+    lies outside the manifest's checksums, and a file changed there is rebuilt,
+    never loaded.
     """
     digest = sha256_file(src)
     target = cache_dir / f"{src.stem}.{digest[:16]}.{INT8_RECIPE}.onnx"
-    if target.exists():
-        return target
+    recorded = target.with_name(target.name + ".sha256")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # One replica at a time checks or builds a cache entry: the others then reuse it
+    # rather than each quantizing, and none sees a file without its digest.
+    with (cache_dir / f".{target.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            if _recorded_digest(recorded) == sha256_file(target):
+                return target
+            log.warning(
+                "the int8 cache %s does not match its recorded sha256 (changed since it was "
+                "written, or written without one); quantizing %s again",
+                target,
+                src.name,
+            )
+        _quantize_into(src, target)
+        _write_digest(recorded, sha256_file(target))
+    log.info("quantized %s to int8 at %s", src, target)
+    return target
+
+
+def _recorded_digest(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _write_digest(path: Path, digest: str) -> None:
+    # Replaced, never rewritten in place: a cache directory may be hard-linked into
+    # another repository, whose copy must not change under it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, path)
+
+
+def _quantize_into(src: Path, target: Path) -> None:
     # Imported here: the quantization tooling pulls in extra modules that fp32 serving never needs.
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: replicas loading at once may each quantize,
-    # but none ever opens a half-written file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
+    # Written beside the target and renamed: a crash never leaves a half-written file
+    # under the target's name.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     # onnxruntime.quantization logs ~7 lines per layer straight to the root logger
     # (and advises a pre-processing step that changed nothing here); a filter on the
@@ -137,8 +175,6 @@ def quantize_int8(src: Path, cache_dir: Path) -> Path:
         root.removeFilter(_drop_all)
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
-    log.info("quantized %s to int8 at %s", src, target)
-    return target
 
 
 def _drop_all(record: logging.LogRecord) -> bool:

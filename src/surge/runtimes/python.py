@@ -26,7 +26,8 @@ class PythonRuntime(Runtime):
         module_name = f"surge_user_{self.version.model}_{self.version.version}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
-            raise SurgeError("bad_artifact", f"{self.version.ref}: cannot import {path}", 500)
+            shown = self.version.relative(str(self.version.manifest.artifact))
+            raise SurgeError("bad_artifact", f"{self.version.ref}: cannot import {shown}", 422)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         class_name = self.version.manifest.parameters.get("class", "Model")

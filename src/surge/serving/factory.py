@@ -44,7 +44,14 @@ class DeploymentFactory:
     watch: Callable[[str, str, bool], BatchWatch | None] | None = None
 
     def version(self, model: str, version: str) -> ModelVersion:
-        return self.repository.version(model, version)
+        """The version, its files checked against their sha256 and its runtime's module
+        imported. Blocking work (reading, hashing, importing) all gathers here for the
+        caller to run in a worker thread: the loop then only builds and starts the
+        deployment, whose own check of unchanged files is a stat each."""
+        found = self.repository.version(model, version)
+        found.verify_checksums()
+        runtime_class(found.manifest.runtime)
+        return found
 
     def build(self, endpoint: str, version: ModelVersion, *, shadow: bool = False) -> Deployment:
         cfg = self.config.endpoints[endpoint]
