@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from surge.config_cluster import ClusterConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
 from surge.config_routes import RouteConfig
 from surge.config_security import AuthConfig, LimitsConfig, TenantConfig, check_tenant_names
+from surge.repository import name_problem
 from surge.routing.rollout import RolloutPolicy, check_steps_percent
 
 DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.yaml"
@@ -149,6 +158,14 @@ class EndpointConfig(Strict):
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )
     cost: CostConfig = Field(default_factory=CostConfig)
+
+    @field_validator("model", "version")
+    @classmethod
+    def _repository_names(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Each becomes a directory under the model repository: one plain name, no path.
+        if value is not None and (problem := name_problem(str(info.field_name), value)):
+            raise ValueError(problem)
+        return value
 
 
 class ModesConfig(Strict):

@@ -20,6 +20,7 @@ from surge.api.http import read_body
 from surge.api.state import ServerState
 from surge.config import AB_KEY_PATTERN
 from surge.core.errors import SurgeError, bad_input
+from surge.repository import name_problem
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
@@ -166,6 +167,12 @@ async def deploy(request: Request) -> Response:
     if percent is not None and (isinstance(percent, bool) or not isinstance(percent, int | float)):
         raise bad_input(f"'percent' must be a number, got {percent!r}")
     model = _string(doc, "model", state.config.model_of(name) if name in state.endpoints else None)
+    version = _string(doc, "version")
+    # The names become directories under the model repository: refused here, before
+    # anything is looked up, and again by the repository itself.
+    for kind, value in (("model", model), ("version", version)):
+        if problem := name_problem(f"'{kind}'", value):
+            raise bad_input(problem)
     ab_key = doc.get("ab_key")
     if ab_key is not None and not (isinstance(ab_key, str) and AB_KEY.fullmatch(ab_key)):
         raise bad_input(
@@ -174,7 +181,7 @@ async def deploy(request: Request) -> Response:
     result = await _rollouts(state).deploy(
         name,
         model,
-        _string(doc, "version"),
+        version,
         mode=mode,
         percent=percent,
         ab_key=ab_key,
