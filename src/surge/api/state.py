@@ -32,7 +32,10 @@ from surge.serving.rollout_leader import RolloutLeader, local_windows
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
 from surge.serving.target import Target
+from surge.store.background_writer import BackgroundWriter
 from surge.store.registry import RegistryStore, open_store
+from surge.store.review_writer import DRAIN_S as REVIEW_DRAIN_S
+from surge.store.review_writer import PendingReview, pending_reviews, review_writer
 
 log = logging.getLogger("surge.server")
 
@@ -49,6 +52,7 @@ class ServerState:
     modes: ModeDriver | None = None
     plane: ControlPlane | None = None
     leader: RolloutLeader | None = None
+    reviews: BackgroundWriter[PendingReview] | None = None
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -95,6 +99,9 @@ class ServerState:
         self.store = store = await asyncio.to_thread(
             open_store, config.registry_url, config.registry_namespace
         )
+        self.reviews = review_writer(store)
+        self.reviews.start()
+        self.metrics.registry.register(self.reviews)
         self.rollouts = rollouts = Rollouts(config, self.endpoints, factory, store)
         self.plane = plane = ControlPlane(config, store, self._follow, self._published_state)
         rollouts.require_healthy = plane.require_healthy
@@ -183,24 +190,15 @@ class ServerState:
         confidence: np.ndarray,
         served_by: str,
     ) -> None:
-        """Persist each row the cascade's last tier was unsure of as a review item."""
-        store = self.store
-        assert store is not None
+        """Hand each row the cascade's last tier was unsure of to the review writer. The
+        answer is ready: it never waits on the database (a full queue drops and counts)."""
+        writer = self.reviews
+        assert writer is not None
         now = time.time()
-
-        def persist() -> None:  # one hop off the event loop for all of the request's rows
-            for i, row in enumerate(rows.tolist()):
-                store.add_review(
-                    endpoint=route,
-                    request_id=f"{ctx.request_id}#{row}" if len(rows) > 1 else ctx.request_id,
-                    inputs={k: _jsonable(v[i]) for k, v in inputs.items()},
-                    answer={k: _jsonable(v[i]) for k, v in answer.items()},
-                    confidence=float(confidence[i]),
-                    served_by=served_by,
-                    now=now,
-                )
-
-        await asyncio.to_thread(persist)
+        for item in pending_reviews(
+            route, ctx.request_id, rows, inputs, answer, confidence, served_by, now
+        ):
+            writer.offer(item)
 
     def _all_deployments(self) -> list[Deployment]:
         return [d for e in self.endpoints.values() for d in e.deployments]
@@ -225,6 +223,8 @@ class ServerState:
             deployment.metrics.ready = False
             await deployment.stop()
         await self.observer.stop()
+        if self.reviews is not None:
+            await self.reviews.close(REVIEW_DRAIN_S)
         if self.store is not None:
             self.store.close()
 
@@ -234,12 +234,6 @@ class ServerState:
         for deployment in self._all_deployments():
             if deployment.state == "ready":
                 deployment.state = "draining"
-
-
-def _jsonable(value: np.ndarray) -> Any:
-    if value.dtype == object:
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value.ravel()]
-    return value.tolist()
 
 
 def _log_ready(deployment: Deployment) -> None:
