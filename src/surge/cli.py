@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from surge.cli_keys import add_commands as add_key_commands
 from surge.cli_receipts import add_commands as add_receipt_commands
 from surge.cli_rollouts import add_commands as add_rollout_commands
 from surge.config import (
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     build.set_defaults(func=cmd_build_demo)
     add_rollout_commands(sub)
     add_receipt_commands(sub)
+    add_key_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

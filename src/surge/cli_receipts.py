@@ -3,7 +3,8 @@
 surge receipts REQUEST_ID                 one request's receipt: what ran, why, cost, energy
 surge receipts [--endpoint E] [--tenant T] [--since -1h] [--degraded] [--escalated] [--limit N]
 surge receipts --summary [filters]        totals: count, cost, energy, escalated, degraded
-surge costs                               per endpoint and version, with the idle line
+surge costs                               per endpoint and version, with the idle line;
+                                          each tenant's spend against its budget
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    return _print(args, _call(args, "GET", "/admin/costs"), render_costs)
+    doc = _call(args, "GET", "/admin/costs")
+    doc["tenants"] = _call(args, "GET", "/admin/budgets")["tenants"]
+    return _print(args, doc, render_costs)
 
 
 def render_receipt(r: dict[str, Any]) -> None:
@@ -116,3 +119,18 @@ def render_costs(doc: dict[str, Any]) -> None:
     sources = doc.get("energy_sources", {})
     if sources:
         print("energy source: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
+    render_budgets(doc.get("tenants", []))
+
+
+def render_budgets(tenants: list[dict[str, Any]]) -> None:
+    """Each tenant's spend in the current hour and day against its budget."""
+    if not tenants:
+        print("no tenant has a budget (tenants.<name>.budget)")
+        return
+    print(f"\n{'tenant':20} {'window':6} {'spent':>12} {'budget':>12} {'used':>6}  resets at")
+    for t in tenants:
+        budget = t.get("budget")
+        shown = f"{budget:>12.6f}" if budget is not None else f"{'-':>12}"
+        share = f"{t['share'] * 100:>5.1f}%" if t.get("share") is not None else f"{'-':>6}"
+        print(f"{t['tenant'][:20]:20} {t['window']:6} {t['spent']:>12.6f} {shown} {share}  "
+              f"{t.get('reset_at_iso') or '-'}")  # fmt: skip

@@ -60,6 +60,12 @@ class AuthConfig(_Strict):
         description="every inference, feedback and receipt call needs a client key "
         "(off for the demo; on with one line)",
     )
+    anonymous_identity_headers: bool = Field(
+        True,
+        description="with auth not required, a call without a key may name its tenant and "
+        "priority with X-Tenant and X-Priority (a trusted network); false: such calls get "
+        "no tenant and the default priority",
+    )
     protect_metrics: bool = Field(
         False, description="/metrics and /dashboard need a key with the 'metrics' scope"
     )

@@ -21,6 +21,7 @@ from surge.api.state import ServerState
 from surge.config import AB_KEY_PATTERN
 from surge.core.errors import SurgeError, bad_input
 from surge.repository import name_problem
+from surge.security.auth import require
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.mode_driver import ModeDriver
 from surge.serving.rollouts import DEPLOY_MODES, Rollouts
@@ -37,6 +38,10 @@ def _json(payload: object, status: int = 200) -> Response:
 def _authorized(request: Request) -> tuple[ServerState, str]:
     """The server state and the name of the admin key the request shows."""
     state: ServerState = request.app.state.surge
+    principal = request.scope.get("surge.principal")
+    if principal is not None and principal.key_id is not None:  # a client key (sgk_...)
+        require(principal, "admin")
+        return state, f"key:{principal.key_id}"
     actor = state.admin.authenticate(
         request.headers.get("authorization"), request.headers.get("x-admin-key")
     )

@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from surge.api import admin, dashboard, feedback, openai, receipts, v2
+from surge.api import admin, dashboard, feedback, keys, openai, receipts, v2
+from surge.api.auth_middleware import ClientAuthMiddleware
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.inference_routes import InferenceRoutes
 from surge.api.middleware import WANTED, RequestIdMiddleware
@@ -55,11 +56,15 @@ def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
             *openai.ROUTES,
             *feedback.ROUTES,
             *admin.ROUTES,
+            *keys.ROUTES,
             *receipts.ROUTES,
             *dashboard.ROUTES,
             Route("/metrics", metrics),
         ],
-        middleware=[Middleware(RequestIdMiddleware, extra_headers=wanted)],
+        middleware=[
+            Middleware(RequestIdMiddleware, extra_headers=wanted),
+            Middleware(ClientAuthMiddleware),
+        ],
         exception_handlers={
             SurgeError: surge_error_handler,
             HTTPException: http_error_handler,

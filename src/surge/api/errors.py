@@ -45,7 +45,7 @@ def error_answer(scope: Scope, state: ServerState | None, error: SurgeError) -> 
                           "code": error.code, "param": None}}  # fmt: skip
     else:
         body = {"error": {"code": error.code, "message": error.message, "request_id": request_id}}
-    headers = {}
+    headers = dict(error.headers) if error.headers else {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     if state is not None:

@@ -23,6 +23,7 @@ from surge.api.exchange import Exchange, Handler
 from surge.api.middleware import collect_headers
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
+from surge.security.auth import require
 
 if TYPE_CHECKING:
     from surge.api.state import ServerState
@@ -83,7 +84,15 @@ class InferenceRoutes:
         scope["surge.headers"] = headers
         state = self.state
         try:
+            auth = state.auth
+            assert auth is not None  # the lifespan sets it before any request
+            principal = await auth.identify(scope)
+            require(principal, "infer")  # which endpoint: checked once it is known
+            scope["surge.principal"] = principal
             answer = await handler(Exchange(scope, receive, state, params))
+            limits = scope.get("surge.ratelimit")
+            if limits is not None:
+                answer.headers.update(limits)
         except SurgeError as error:
             answer = error_answer(scope, state, error)
         except Exception as exc:

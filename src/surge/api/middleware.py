@@ -20,6 +20,8 @@ WANTED = frozenset(
         b"x-priority",
         b"x-tenant",
         b"traceparent",
+        b"authorization",
+        b"x-api-key",
     }
 )
 

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge.api.exchange import Answer, Exchange, via_starlette
+from surge.api.guard import admit_quota, authorize
 from surge.api.http import (
     admit_by_mode,
     finish_answer,
@@ -124,6 +125,7 @@ async def embeddings(exchange: Exchange) -> Answer:
     max_bytes = state.config.server.max_body_bytes
     parsed = _parse(await read_body(exchange, max_bytes))
     target = state.target(parsed.model)
+    authorize(exchange, target.name)
     deployment = target.interface()  # what it takes (a route: its first endpoint's)
     text_input = _text_input(deployment)
     if text_input is None:
@@ -143,6 +145,7 @@ async def embeddings(exchange: Exchange) -> Answer:
         raise bad_input(f"'dimensions' must be {width} for {parsed.model!r} (or omitted)")
     tensors = {text_input: np.array(texts, dtype=object)}
     ctx.stamp("validated", monotonic())
+    await admit_quota(exchange, len(texts))
     params = {"user": parsed.user} if parsed.user else None
     hints = Hints(exchange.scope["headers"], params, parsed.body_bytes)
     served = await target.infer(ctx, tensors, hints)

@@ -1,14 +1,17 @@
-"""Receipts and costs under /admin, behind the admin key (receipts name tenants and models).
+"""Receipts and costs under /admin, behind the admin key (receipts name tenants and models);
+and each tenant's own receipts under /v1, for a client key with the `receipts:read` scope.
 
 GET /admin/receipts/{request_id}   the request's receipt (newest first if an id was reused)
 GET /admin/receipts?endpoint=&tenant=&status=&since=&until=&escalated=&degraded=&limit=
 GET /admin/receipts/summary?...    totals over the same filters (count, cost, energy)
 GET /admin/costs                   per endpoint and version: attributed cost, energy, idle line
+GET /v1/receipts?...  GET /v1/receipts/{request_id}   the caller's tenant's receipts only
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,9 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge.api.admin import _authorized, _json
+from surge.api.auth_middleware import caller
+from surge.api.state import ServerState
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError, bad_input
 from surge.observe.receipts import ReceiptLog
+from surge.security.auth import require
 from surge.store.receipts import ReceiptFilter
 
 MAX_LIMIT = 1000
@@ -28,6 +34,10 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "n
 
 def _log(request: Request) -> ReceiptLog:
     state, _ = _authorized(request)
+    return _receipt_log(state)
+
+
+def _receipt_log(state: ServerState) -> ReceiptLog:
     receipts = state.observer.receipts
     if receipts is None:
         raise SurgeError(
@@ -83,6 +93,10 @@ def _filter(request: Request) -> ReceiptFilter:
 async def receipt(request: Request) -> Response:
     request_id = request.path_params["request_id"]
     found = await _log(request).lookup(request_id)
+    return _one(request_id, found)
+
+
+def _one(request_id: str, found: list[dict[str, Any]]) -> Response:
     if not found:
         raise SurgeError(
             "receipt_not_found",
@@ -117,7 +131,37 @@ async def costs(request: Request) -> Response:
     )
 
 
+# -- a client's own receipts: a key with `receipts:read` sees its tenant's, nobody else's ----
+
+
+def _tenant_reader(request: Request) -> tuple[ReceiptLog, str]:
+    state: ServerState = request.app.state.surge
+    principal = caller(request)
+    require(principal, "receipts:read")
+    if principal.tenant is None:
+        raise SurgeError("forbidden", "receipts are read with a key that belongs to a tenant", 403)
+    return _receipt_log(state), principal.tenant
+
+
+async def own_receipts(request: Request) -> Response:
+    log, tenant = _tenant_reader(request)
+    if request.query_params.get("tenant") not in (None, tenant):
+        raise SurgeError("forbidden", f"this key reads only the receipts of {tenant!r}", 403)
+    selection = replace(_filter(request), tenant=tenant)
+    return _json({"receipts": await log.search(selection)})
+
+
+async def own_receipt(request: Request) -> Response:
+    log, tenant = _tenant_reader(request)
+    request_id = request.path_params["request_id"]
+    # Another tenant's receipt is "not found", not "forbidden": its existence is not ours.
+    found = [r for r in await log.lookup(request_id) if r.get("tenant") == tenant]
+    return _one(request_id, found)
+
+
 ROUTES = [
+    Route("/v1/receipts", own_receipts),
+    Route("/v1/receipts/{request_id:path}", own_receipt),
     Route("/admin/receipts", receipts),
     Route("/admin/receipts/summary", summary),  # before {request_id}: Starlette tries in order
     Route("/admin/receipts/{request_id:path}", receipt),

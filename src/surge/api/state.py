@@ -22,6 +22,10 @@ from surge.observe.rollout_metrics import RolloutCollector
 from surge.observe.route_metrics import ModeCollector, RouteCollector
 from surge.repository import ModelRepository
 from surge.security.admin_keys import AdminAuth
+from surge.security.auth import Authenticator
+from surge.security.key_admin import KeyAdmin
+from surge.security.keys import KEYS_KEY, KeyRing
+from surge.security.quotas import Quotas
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.cores import cpu_count, plan_cores
 from surge.serving.deployment import Deployment
@@ -52,6 +56,9 @@ class ServerState:
     modes: ModeDriver | None = None
     plane: ControlPlane | None = None
     leader: RolloutLeader | None = None
+    auth: Authenticator | None = None  # who is calling (client keys)
+    keys: KeyAdmin | None = None  # making and following the client keys
+    quotas: Quotas | None = None  # rate limits and budgets
     reviews: BackgroundWriter[PendingReview] | None = None
 
     def __post_init__(self) -> None:
@@ -106,6 +113,10 @@ class ServerState:
         self.plane = plane = ControlPlane(config, store, self._follow, self._published_state)
         rollouts.require_healthy = plane.require_healthy
         rollouts.announce = plane.announce
+        self.keys = KeyAdmin(store, KeyRing(config.auth.verify_concurrency), plane.announce)
+        await self.keys.reload()
+        self.auth = Authenticator(config, self.keys.ring)
+        self.quotas = Quotas(config)
         self.metrics.registry.register(RolloutCollector(self.endpoints, rollouts))
         self.metrics.registry.register(ClusterCollector(plane, rollouts))
         docs = await asyncio.to_thread(store.load_routes)
@@ -143,12 +154,16 @@ class ServerState:
         )
         self.leader.start()
         modes.start()
+        self.keys.start()
 
     async def _follow(self, key: str, doc: dict[str, Any], revision: int) -> bool:
         """The follower's hook: a route doc changed in the registry."""
         if key == MODE_KEY:
             assert self.modes is not None
             return await self.modes.follow(key, doc, revision)
+        if key == KEYS_KEY:
+            assert self.keys is not None
+            return await self.keys.follow(key, doc, revision)
         if key in self.endpoints:
             assert self.rollouts is not None
             return await self.rollouts.follow(key, doc, revision)
@@ -211,6 +226,8 @@ class ServerState:
             await self.leader.stop()
         if self.modes is not None:
             await self.modes.stop()
+        if self.keys is not None:
+            await self.keys.stop()
         if self.plane is not None:
             await self.plane.stop()
         if self.rollouts is not None:

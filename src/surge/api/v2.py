@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from surge import __version__
 from surge.api.exchange import Answer, Exchange, via_starlette
+from surge.api.guard import admit_quota, authorize
 from surge.api.http import (
     admit_by_mode,
     byte_count,
@@ -20,7 +21,7 @@ from surge.api.http import (
 from surge.api.state import ServerState
 from surge.api.v2_codec import decode_infer_request, encode_infer_response, model_metadata
 from surge.core.clock import monotonic
-from surge.serving.target import Hints
+from surge.serving.target import Hints, rows_of
 
 JSON = "application/json"
 EXTENSIONS = ["binary_tensor_data"]
@@ -73,6 +74,7 @@ async def infer(exchange: Exchange) -> Answer:
     params = exchange.path_params
     version = params.get("version")
     target = state.target(params["model"])
+    authorize(exchange, target.name)
     # What the endpoint takes: its stable version (or the pinned one), or for a route the
     # first endpoint it sends to. Candidates are checked to take the same before they serve.
     interface = target.interface(version)
@@ -98,6 +100,7 @@ async def infer(exchange: Exchange) -> Answer:
         interface.spec.batching.max_batch_size,
     )
     ctx.stamp("validated", monotonic())
+    await admit_quota(exchange, rows_of(parsed.tensors))
     hints = Hints(exchange.scope["headers"], parsed.parameters, len(body), version)
     served = await target.infer(ctx, parsed.tensors, hints)
     ctx.stamp("post_routed", monotonic())
