@@ -56,10 +56,10 @@ class ServerState:
     modes: ModeDriver | None = None
     plane: ControlPlane | None = None
     leader: RolloutLeader | None = None
+    reviews: BackgroundWriter[PendingReview] | None = None
     auth: Authenticator | None = None  # who is calling (client keys)
     keys: KeyAdmin | None = None  # making and following the client keys
     quotas: Quotas | None = None  # rate limits and budgets
-    reviews: BackgroundWriter[PendingReview] | None = None
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
