@@ -180,6 +180,20 @@ class ModesConfig(Strict):
     min_dwell_s: float = Field(
         5.0, ge=0, description="no automatic change sooner than this after one"
     )
+    min_client_deadline_ms: float = Field(
+        50.0,
+        ge=0,
+        description="a refused request whose X-Request-Timeout-Ms is below this is the "
+        "client's problem, not evidence of overload: it never raises the mode (else any "
+        "client could put the server in emergency mode with tiny deadlines)",
+    )
+    min_requests_per_interval: int = Field(
+        20,
+        ge=1,
+        description="the share of requests refused counts only over at least this many "
+        "requests in one interval (below, it reads as 0): under 20, a single refusal is "
+        "already the 5 % that enters emergency, so a handful of requests could flip a mode",
+    )
 
 
 class AdminKey(Strict):

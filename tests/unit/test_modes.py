@@ -174,6 +174,38 @@ def test_illegal_events_raise_and_change_nothing():
     assert (c.mode, c.forced, c.history) == before
 
 
+def _sampled(refused: int, offered: int) -> LoadSignals:
+    return LoadSignals(0.05, 0.8, refused / offered if offered else 0.0, offered=offered)
+
+
+def test_a_refusal_share_over_too_few_requests_never_flips_the_mode():
+    policy = ModePolicy(default_policy().levels, hold_s=10.0, min_dwell_s=5.0, min_requests=20)
+    c = ModeController(policy, now=0.0)
+    # 2 of 3 refused is 67 %, far past emergency's 5 %, and evidence of nothing.
+    assert run(c, 0, 60, _sampled(refused=2, offered=3)) == []
+    assert run(c, 60, 70, _sampled(refused=19, offered=19)) == []
+    assert c.mode == "normal"
+    # The same share over enough requests is overload.
+    change = c.observe(70.0, _sampled(refused=14, offered=20))
+    assert change is not None and change.to_mode == "emergency"
+    assert "70.0 % refused >= 5 %" in change.reason
+
+
+def test_a_refusal_share_over_too_few_requests_does_not_hold_a_mode_up():
+    policy = ModePolicy(default_policy().levels, hold_s=10.0, min_dwell_s=5.0, min_requests=20)
+    c = ModeController(policy, now=0.0)
+    assert c.observe(0.0, _sampled(refused=10, offered=100)).to_mode == "emergency"
+    # Traffic falls to a trickle with one refusal in three: calm, so it steps down.
+    down = run(c, 1, 30, _sampled(refused=1, offered=3))
+    assert [(ch.at, ch.to_mode) for ch in down] == [(11, "surge"), (21, "normal")]
+
+
+def test_signals_without_a_sample_size_are_taken_as_they_are():
+    policy = ModePolicy(default_policy().levels, min_requests=20)
+    c = ModeController(policy, now=0.0)
+    assert c.observe(0.0, LoadSignals(0.05, 0.8, 0.06)).to_mode == "emergency"
+
+
 def test_history_is_bounded():
     policy = ModePolicy(default_policy().levels, hold_s=0.0, min_dwell_s=0.0)
     c = ModeController(policy, now=0.0, history_limit=3)
@@ -195,7 +227,9 @@ def test_history_is_bounded():
      (lambda: ModeSwitches(allowed_tiers=0), "allowed_tiers"),
      (lambda: ModeSwitches(default_timeout_ms=0), "default_timeout_ms"),
      (lambda: LoadSignals(math.nan, 1.0, 0.0), "queue_fill"),
-     (lambda: LoadSignals(0.1, 1.0, 1.5), "rejection_rate")],
+     (lambda: LoadSignals(0.1, 1.0, 1.5), "rejection_rate"),
+     (lambda: LoadSignals(0.1, 1.0, 0.5, offered=-1), "offered"),
+     (lambda: ModePolicy((ModeLevel("a"),), min_requests=-1), "min_requests")],
 )  # fmt: skip
 def test_validation(make, words):
     with pytest.raises(ValueError, match=words):

@@ -11,6 +11,7 @@ from surge.api.exchange import Exchange
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext, legs
 from surge.core.errors import SurgeError, bad_input
+from surge.serving.admission import client_deadline_source
 from surge.serving.target import parse_priority
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ def new_context(
                 f"X-Request-Timeout-Ms must be milliseconds in (0, 3600000), got {raw!r}"
             )
         timeout_s = timeout_ms / 1000.0
-        deadline_from = "client"
+        # A refusal of a deadline below the floor tells burst modes nothing about load.
+        deadline_from = client_deadline_source(timeout_s, modes.min_client_deadline_s)
     scope["surge.endpoint"] = endpoint
     ctx = RequestContext(scope["surge.request_id"], endpoint, received + timeout_s, received)
     ctx.deadline_from = deadline_from

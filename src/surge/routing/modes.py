@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _SIGNALS = ("queue_fill", "p99_ratio", "rejection_rate")
 
@@ -49,6 +49,8 @@ class LoadSignals:
     queue_fill: float  # queued / max_queue: 0..1
     p99_ratio: float  # live p99 / target p99
     rejection_rate: float  # refused / offered over the last interval: 0..1
+    # How many requests `rejection_rate` was computed over; None: enough (the caller vouches).
+    offered: int | None = None
 
     def __post_init__(self) -> None:
         # NaN compares False both ways: it would neither raise the mode nor let it fall.
@@ -58,6 +60,8 @@ class LoadSignals:
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
         if self.rejection_rate > 1:
             raise ValueError(f"rejection_rate must lie in [0, 1], got {self.rejection_rate}")
+        if self.offered is not None and self.offered < 0:
+            raise ValueError(f"offered must be >= 0, got {self.offered}")
 
 
 @dataclass(frozen=True)
@@ -99,10 +103,15 @@ class ModePolicy:
     levels: tuple[ModeLevel, ...]  # escalating; levels[0] is the base, its thresholds unused
     hold_s: float = 10.0  # calm time before stepping down one level
     min_dwell_s: float = 5.0  # no automatic step down sooner than this after the last change
+    # A refusal share over fewer requests than this reads as 0: 1 refused of 3 is 33 %,
+    # past every enter threshold, and says nothing about capacity.
+    min_requests: int = 0
 
     def __post_init__(self) -> None:
         if not self.levels:
             raise ValueError("a mode policy needs at least one level")
+        if self.min_requests < 0:
+            raise ValueError(f"min_requests must be >= 0, got {self.min_requests}")
         names = [level.name for level in self.levels]
         if len(set(names)) != len(names):
             raise ValueError(f"mode names must be unique, got {names}")
@@ -222,6 +231,7 @@ class ModeController:
     def observe(self, now: float, signals: LoadSignals) -> ModeChange | None:
         self._check_clock(now)
         self._last_event_at = now
+        signals = self._trusted(signals)
         target, reason = self._target(now, signals)
         if target == self.level or self.forced:
             return None  # a forced mode stays put; the calm time above was still tracked
@@ -235,6 +245,12 @@ class ModeController:
         if self._calm(signals):
             self._calm_since = now  # already calm for the rung below: its hold starts now
         return change
+
+    def _trusted(self, s: LoadSignals) -> LoadSignals:
+        """The signals with a refusal share over too small a sample read as 0."""
+        if s.offered is None or s.offered >= self.policy.min_requests or not s.rejection_rate:
+            return s
+        return replace(s, rejection_rate=0.0)
 
     def _target(self, now: float, s: LoadSignals) -> tuple[int, str]:
         """The level the signals call for and why; keeps the calm clock on the way."""

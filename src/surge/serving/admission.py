@@ -112,17 +112,27 @@ def admit(
 DEADLINE_REFUSALS = frozenset(
     {"deadline_infeasible", "deadline_expired_in_queue", "deadline_exceeded"}
 )
+# `RequestContext.deadline_from` of a client deadline under `modes.min_client_deadline_ms`.
+CLIENT_BELOW_FLOOR = "client_below_floor"
+
+
+def client_deadline_source(timeout_s: float, floor_s: float) -> str:
+    """Who a client-set deadline is evidence about: below the floor, only the client."""
+    return CLIENT_BELOW_FLOOR if timeout_s < floor_s else "client"
 
 
 def signals_overload(code: str, deadline_from: str, budget_s: float, unloaded_s: float) -> bool:
     """Whether a refusal is evidence that the deployment lacks capacity, the signal burst
     modes rise on. A full queue is. A missed or infeasible deadline is, unless a burst
     mode's own cap set it (counting those kept emergency mode, with its 250 ms deadlines,
-    refusing everything for ever: measured on the demo under a closed loop) or the caller
-    asked for less time than the batch takes on an idle deployment (`unloaded_s`): any
-    client could otherwise switch modes with `X-Request-Timeout-Ms: 0.001`."""
+    refusing everything for ever: measured on the demo under a closed loop), or the caller
+    set it below `modes.min_client_deadline_ms` (`CLIENT_BELOW_FLOOR`), or below what the
+    batch takes on an idle deployment (`unloaded_s`). Without the floor any client could
+    switch modes: `X-Request-Timeout-Ms: 1` beats the unloaded cost of a fast model yet
+    not its batching delay, and an endpoint without warm-up has an unloaded cost of 0
+    until a batch runs, which a deadline of 0.001 ms keeps from ever happening."""
     if code == "queue_full":
         return True
-    if code not in DEADLINE_REFUSALS or deadline_from == "mode":
+    if code not in DEADLINE_REFUSALS or deadline_from in ("mode", CLIENT_BELOW_FLOOR):
         return False
     return deadline_from != "client" or budget_s >= unloaded_s

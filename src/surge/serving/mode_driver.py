@@ -21,6 +21,7 @@ from surge.observe.quantiles import histogram_quantile
 from surge.routing.modes import LoadSignals, ModeChange, ModeController, ModePolicy, default_policy
 from surge.serving.endpoint import Endpoint
 from surge.serving.routes import CascadeRoute, Route
+from surge.store.background_writer import BackgroundWriter
 from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.modes")
@@ -28,9 +29,21 @@ log = logging.getLogger("surge.modes")
 MODE_KEY = "*mode*"  # the registry key of the operator's forced mode
 
 
+# Mode changes come at most one per `min_dwell_s` on the way down: 64 unwritten audit
+# entries is minutes of a registry outage, and each change is in the log all the same.
+AUDIT_CAPACITY = 64
+AUDIT_TIMEOUT_S = 5.0  # per write; the tick never waits for it
+AUDIT_DRAIN_S = 2.0  # at shutdown
+
+
 def policy_from(config: ModesConfig) -> ModePolicy:
     base = default_policy()
-    return ModePolicy(base.levels, hold_s=config.hold_s, min_dwell_s=config.min_dwell_s)
+    return ModePolicy(
+        base.levels,
+        hold_s=config.hold_s,
+        min_dwell_s=config.min_dwell_s,
+        min_requests=config.min_requests_per_interval,
+    )
 
 
 class ModeDriver:
@@ -54,6 +67,8 @@ class ModeDriver:
         # Read on the request path: plain attributes, refreshed when the mode changes.
         self.shed_below: int | None = None
         self.timeout_cap_s: float | None = None
+        # Client deadlines under this are no evidence of overload when refused (admission).
+        self.min_client_deadline_s = config.min_client_deadline_ms / 1000.0
         self._last_counts: tuple[list[int], int, int] | None = None
         self._ticker = Periodic(
             "mode evaluation", config.evaluate_interval_s, self.tick, logger=log
@@ -63,6 +78,16 @@ class ModeDriver:
         self.process_id = "local"
         self.require_healthy: Callable[[], None] = lambda: None
         self.announce: Callable[[str], Awaitable[Any]] | None = None
+        # Automatic changes are audited off the tick: a slow registry never delays a mode
+        # decision, and a dead one costs audit entries (logged), never the change itself.
+        self._audit: BackgroundWriter[dict[str, Any]] = BackgroundWriter(
+            "mode audit",
+            lambda entry: self.store.append_audit(**entry),
+            capacity=AUDIT_CAPACITY,
+            batch_size=AUDIT_CAPACITY,
+            write_timeout_s=AUDIT_TIMEOUT_S,
+            logger=log,
+        )
 
     @property
     def mode(self) -> str:
@@ -89,16 +114,18 @@ class ModeDriver:
 
     def start(self) -> None:
         if self.config.enabled:
+            self._audit.start()
             self._ticker.start()
 
     async def stop(self) -> None:
         await self._ticker.stop()
+        await self._audit.close(AUDIT_DRAIN_S)
 
     async def tick(self) -> ModeChange | None:
         self.signals = self.sample()
         change = self.controller.observe(self.clock(), self.signals)
         if change is not None:
-            await self._apply(change)
+            self._apply(change)
         return change
 
     def sample(self) -> LoadSignals:
@@ -125,6 +152,7 @@ class ModeDriver:
             queue_fill=min(1.0, fill),
             p99_ratio=p99 / (self.config.target_p99_ms / 1000.0),
             rejection_rate=min(1.0, (refused - last[2]) / offered) if offered else 0.0,
+            offered=max(0, offered),
         )
 
     # -- operator ---------------------------------------------------------------------
@@ -225,18 +253,17 @@ class ModeDriver:
         level = logging.INFO if change.to_mode == change.from_mode else logging.WARNING
         log.log(level, "mode %s -> %s: %s", change.from_mode, change.to_mode, change.reason)
 
-    async def _apply(self, change: ModeChange) -> None:
-        """An automatic change: this process's own, audited as such."""
+    def _apply(self, change: ModeChange) -> None:
+        """An automatic change: this process's own, applied now and audited as such by
+        the background writer."""
         self._switch(change)
-        try:
-            await asyncio.to_thread(
-                self.store.append_audit,
-                actor="modes",
-                action="mode",
-                endpoint=None,
-                reason=f"{change.from_mode} -> {change.to_mode}: {change.reason} "
+        self._audit.offer(
+            {
+                "actor": "modes",
+                "action": "mode",
+                "endpoint": None,
+                "reason": f"{change.from_mode} -> {change.to_mode}: {change.reason} "
                 f"(process {self.process_id})",
-                now=time.time(),
-            )
-        except Exception as exc:  # the mode changed all the same; only its record is lost
-            log.warning("could not audit the mode change: %s", exc)
+                "now": time.time(),
+            }
+        )
