@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from surge.api import admin, dashboard, feedback, keys, openai, receipts, v2
+from surge.api import admin, dashboard, feedback, keys, openai, openapi, receipts, v2
 from surge.api.auth_middleware import ClientAuthMiddleware
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.inference_routes import InferenceRoutes
@@ -60,6 +60,7 @@ def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
             *receipts.ROUTES,
             *dashboard.ROUTES,
             Route("/metrics", metrics),
+            *openapi.ROUTES,
         ],
         middleware=[
             Middleware(RequestIdMiddleware, extra_headers=wanted),
