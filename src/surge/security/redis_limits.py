@@ -1,0 +1,316 @@
+"""Rate limits shared by every process through Redis: one Lua script checks all of a
+request's limits at once, atomically, so N processes together admit the limit, not
+N x the limit.
+
+    limiter = RedisLimiter(url, namespace, timeout_s=0.05, on_down="open", local=LocalLimiter())
+    await limiter.start()                       # in the lifespan; stop() on the way out
+    decision = await limiter.check(priced(limits, rows))   # a RateDecision (rate_limit.py)
+
+The script runs the same GCRA as `rate_limit.assess` (which then reads the script's
+answer into a decision), in microseconds on the Redis server's clock
+(`redis.call('TIME')`), so the hosts' clocks never enter the count. Each limit is a key
+`<namespace>:rl:<bucket>` holding its TAT, written only when every limit takes the
+request (all-or-nothing, as locally) and expiring when the bucket would be full again,
+since a missing key is exactly a full bucket. The script is sent by its SHA (EVALSHA)
+and in full (EVAL, which caches it) only when the server does not know it yet: after a
+restart or a SCRIPT FLUSH. The keys of one request may hash to different slots, so this
+needs a plain Redis (or one primary), not Redis Cluster.
+
+When Redis does not answer within `timeout_s` (or is down), `on_down` decides:
+"open" checks with `local` (this process alone, so each process admits the whole
+limit) and marks the decision `degraded`; "closed" raises a 503 `SurgeError`
+("rate_limiter_unavailable", Retry-After 1 s). Either way the outage is logged once when
+it starts and once when it ends; while it lasts, checks do not wait on Redis at all
+(a blackholed Redis would otherwise add the timeout to every request) and a background
+ping finds out when it is back. `GuardedRedis` is that connection discipline on its own,
+shared with the budgets (budget.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from surge.cluster.redis_link import RedisUnavailable, redact
+from surge.core.errors import SurgeError
+from surge.security.rate_limit import (
+    SLACK_S,
+    UNLIMITED,
+    Limit,
+    LocalLimiter,
+    RateDecision,
+    assess,
+    interval,
+)
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("surge.security")
+
+T = TypeVar("T")
+
+DOWN_PING_EVERY_S = 0.25  # calls fail fast while Redis is down, so notice its return soon
+MICROS = 1_000_000
+
+# KEYS: one bucket per limit. ARGV: per limit its T and burst x T (microseconds, sent
+# exact from Python so both sides do the same float arithmetic) and the request's cost,
+# then the slack. Returns {1 if admitted, now in microseconds, each stored TAT or ""}.
+GCRA_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local n = #KEYS
+local slack = tonumber(ARGV[3 * n + 1])
+local stored, ends = {}, {}
+local fits = 1
+for i = 1, n do
+  local t, tol, cost = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
+  local tat = redis.call('GET', KEYS[i])
+  stored[i] = tat or ''
+  local start = now
+  if tat and tonumber(tat) > now then start = tonumber(tat) end
+  ends[i] = start + cost * t
+  if ends[i] - tol - now > slack then fits = 0 end
+end
+if fits == 1 then
+  for i = 1, n do
+    local ttl_ms = math.max(1, math.ceil((ends[i] - now) / 1000))
+    redis.call('SET', KEYS[i], string.format('%.17g', ends[i]), 'PX', ttl_ms)
+  end
+end
+local reply = {fits, now}
+for i = 1, n do reply[i + 2] = stored[i] end
+return reply
+"""
+GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
+
+
+def _reason(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    return redact(str(exc)) or type(exc).__name__
+
+
+class GuardedRedis:
+    """A Redis client whose every call is bounded by `timeout_s`, fails at once while
+    Redis is known to be down, and reports an outage once (start and end) under `what`.
+    Calls raise `RedisUnavailable`; a refusal (an error reply) leaves it healthy."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        what: str,
+        on_down_note: str,
+        max_connections: int = 64,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.url, self.safe_url = url, redact(url)
+        self.timeout_s = timeout_s
+        self.what, self.on_down_note = what, on_down_note
+        self.max_connections = max_connections
+        # Calls wait here for a connection rather than fail in the pool: a burst of
+        # concurrent requests is this process being busy, not Redis being down.
+        self._slots = asyncio.Semaphore(max_connections)
+        self.failures = 0
+        self.busy = 0  # calls that found no free connection within the timeout
+        self._healthy = True
+        self._client: Redis | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self._refusals_logged: set[str] = set()
+
+    @property
+    def healthy(self) -> bool:
+        return self._client is not None and self._healthy
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    async def start(self) -> None:
+        """Connect; a Redis that is down does not make this raise (calls fall back)."""
+        if self._client is not None:
+            return
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        try:
+            # No retries inside redis-py: they would hold a request for seconds.
+            self._client = Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=self.max_connections,
+            )
+        except ValueError as exc:
+            raise ValueError(f"redis_url {self.safe_url!r} is not valid: {exc}") from None
+        with contextlib.suppress(RedisUnavailable):
+            await self.call(lambda c: c.ping())
+
+    async def stop(self) -> None:
+        pinger, self._pinger = self._pinger, None
+        if pinger is not None:
+            pinger.cancel()
+            await asyncio.wait([pinger])
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        self._healthy = True
+
+    async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
+        from redis.exceptions import ResponseError
+
+        client = self._client
+        if client is None:
+            raise RedisUnavailable(f"{self.what}: the link to redis is not started")
+        if not self._healthy:
+            raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} is down")
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.busy += 1
+            raise RedisUnavailable(f"{self.what}: no free connection to redis in time") from None
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await command(client)
+        except ResponseError as exc:
+            self.failures += 1
+            message = redact(str(exc))
+            if message not in self._refusals_logged and len(self._refusals_logged) < 100:
+                self._refusals_logged.add(message)
+                log.warning("%s: redis at %s refused: %s", self.what, self.safe_url, message)
+            raise RedisUnavailable(f"{self.what}: redis refused: {message}") from exc
+        except Exception as exc:
+            self.failures += 1
+            self._went_down(_reason(exc, self.timeout_s))
+            raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} unreachable") from exc
+        finally:
+            self._slots.release()
+
+    def _went_down(self, reason: str) -> None:
+        if not self._healthy:
+            return
+        self._healthy = False
+        log.warning(
+            "%s: redis at %s unreachable (%s); %s until it answers again",
+            *(self.what, self.safe_url, reason, self.on_down_note),
+        )
+        self._pinger = asyncio.get_running_loop().create_task(
+            self._ping_until_up(), name=f"{self.what}: redis ping"
+        )
+
+    async def _ping_until_up(self) -> None:
+        while True:
+            await asyncio.sleep(DOWN_PING_EVERY_S)
+            client = self._client
+            if client is None:
+                return
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout_s):
+                    await client.ping()
+                self._healthy = True
+                self._pinger = None
+                log.info("%s: redis at %s reachable again", self.what, self.safe_url)
+                return
+
+
+class RedisLimiter:
+    """GCRA limits counted in Redis for all processes; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        timeout_s: float = 0.05,
+        on_down: Literal["open", "closed"] = "open",
+        local: LocalLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_connections: int = 64,
+    ) -> None:
+        if on_down not in ("open", "closed"):
+            raise ValueError(f"on_down must be 'open' or 'closed', got {on_down!r}")
+        self.namespace = namespace
+        self.on_down = on_down
+        self.local = local if local is not None else LocalLimiter()
+        self.clock = clock
+        note = (
+            "rate limits are counted in this process alone"
+            if on_down == "open"
+            else "rate-limited requests are refused with 503"
+        )
+        self.redis = GuardedRedis(
+            url,
+            timeout_s=timeout_s,
+            what="rate limits",
+            on_down_note=note,
+            max_connections=max_connections,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Whether limits are being counted in Redis (False: fallen back, or stopped)."""
+        return self.redis.healthy
+
+    async def start(self) -> None:
+        await self.redis.start()
+
+    async def stop(self) -> None:
+        await self.redis.stop()
+
+    def key(self, limit: Limit) -> str:
+        return f"{self.namespace}:rl:{limit.bucket}"
+
+    async def check(self, limits: Sequence[tuple[Limit, float]]) -> RateDecision:
+        """Decide a request costing each (limit, cost), consuming only if all allow.
+        Raises SurgeError 503 when Redis cannot answer and `on_down` is "closed"."""
+        if not limits:
+            return UNLIMITED
+        if not self.redis.started:
+            await self.start()  # a forgotten start() must not mean a silent fallback
+        keys = [self.key(limit) for limit, _ in limits]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"a limit is given twice in one check: {keys}")
+        args: list[Any] = []
+        for limit, cost in limits:
+            t = interval(limit, MICROS)
+            args += [repr(t), repr(limit.capacity * t), cost]
+        args.append(repr(SLACK_S * MICROS))
+        try:
+            reply = await self.redis.call(lambda c: _run_script(c, keys, args))
+        except RedisUnavailable:
+            if self.on_down == "closed":
+                raise SurgeError(
+                    "rate_limiter_unavailable",
+                    "rate limits cannot be checked right now (their store does not answer); "
+                    "retry in a second",
+                    503,
+                    retry_after_s=1.0,
+                ) from None
+            return dataclasses.replace(self.local.check(limits, self.clock()), degraded=True)
+        now_us = float(reply[1])
+        stored = [float(tat) if tat else None for tat in reply[2:]]
+        entries = [(limit, cost, tat) for (limit, cost), tat in zip(limits, stored, strict=True)]
+        decision, _ = assess(entries, now_us, per_s=MICROS)
+        return decision
+
+
+async def _run_script(client: Redis, keys: list[str], args: list[Any]) -> list[Any]:
+    from redis.exceptions import NoScriptError
+
+    try:
+        return await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(GCRA_SCRIPT, len(keys), *keys, *args)
