@@ -339,6 +339,12 @@ def admin_key_from_env() -> str | None:
     return os.environ.get("SURGE_ADMIN_KEY") or None
 
 
+def feedback_secret_from_env() -> str | None:
+    """The key of bandit feedback tokens (SURGE_FEEDBACK_SECRET), when the operator sets
+    one: else the processes share one the registry makes (`store.shared_secret`)."""
+    return os.environ.get("SURGE_FEEDBACK_SECRET") or None
+
+
 def demo_repository_from_env() -> Path:
     return Path(os.environ.get("SURGE_DEMO_REPOSITORY", ".surge/models")).resolve()
 

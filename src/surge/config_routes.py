@@ -25,6 +25,17 @@ class CascadeConfig(Strict):
     review: bool = Field(
         True, description="rows the last tier is unsure of are flagged and queued for human review"
     )
+    # Anyone who can call the route can add to the queue, so it is bounded. Labelled items
+    # are the retraining data: they outlive the retention, bounded by their own cap.
+    review_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="unlabelled review items older than this are dropped"
+    )
+    review_max_pending: int = Field(
+        10_000, ge=0, description="unlabelled review items kept (the newest); older ones dropped"
+    )
+    review_max_labelled: int = Field(
+        100_000, ge=0, description="labelled review items kept (the most recently labelled)"
+    )
 
 
 class LadderConfig(Strict):
@@ -49,6 +60,12 @@ class BanditConfig(Strict):
         None, description="learn separately per value of this header (e.g. x-tenant)"
     )
     sync_s: float = Field(5.0, gt=0, description="how often counts are shared via the registry")
+    max_segments: int = Field(
+        1000,
+        ge=0,
+        description="segments learned separately at most (the least recently used give way); "
+        "any other segment is served by the default segment, which learns from all",
+    )
 
 
 class RulesConfig(Strict):

@@ -47,12 +47,13 @@ def test_segments_learn_independently():
     assert short.count("small") >= 190 and long.count("large") >= 190
     assert b.stats("short-inputs")["small"]["mean_reward"] == 1.0
     assert b.stats("long-inputs")["small"]["mean_reward"] == 0.0
-    # the default segment saw none of it, and looking at a segment does not create it
-    assert all(s["pulls"] == 0 for s in b.stats().values())
+    # the default segment learned from both (it serves segments without counts of their
+    # own), and looking at a segment does not create it
+    assert all(s["pulls"] == 100 for s in b.stats().values())
     assert b.stats("never-used")["large"] == {
         "pulls": 0, "chosen": 0, "mean_reward": 0.0, "alpha": 1.0, "beta": 1.0,
     }  # fmt: skip
-    assert b.segments == ["short-inputs", "long-inputs"]
+    assert b.segments == ["", "short-inputs", "long-inputs"]
 
 
 def test_thompson_updates_beta_fractionally():

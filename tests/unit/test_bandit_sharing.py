@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from surge.routing.bandit import bandit_from_dict, make_bandit
-from surge.serving.bandit_route import add_counts, subtract_counts
+from surge.serving.bandit_route import add_counts
 
 
 def learn(seed: int, pulls: int) -> dict:
@@ -34,8 +34,9 @@ def test_only_what_was_learned_since_the_last_sync_is_added_again():
     bandit = bandit_from_dict(synced, random.Random(2))
     for _ in range(5):
         bandit.reward(bandit.choose("t2"), 1.0, "t2")
-    delta = subtract_counts(bandit.to_dict(), synced)
-    assert sum(c["pulls"] for c in delta["segments"]["t1"].values()) == 0
+    delta = bandit.take_learned()
+    assert "t1" not in delta["segments"]
     assert sum(c["pulls"] for c in delta["segments"]["t2"].values()) == 5
     merged = add_counts(synced, delta)
     assert sum(c["pulls"] for c in merged["segments"]["t1"].values()) == 30
+    assert bandit.take_learned()["segments"] == {}  # handed over once

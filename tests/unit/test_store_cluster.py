@@ -367,18 +367,20 @@ def test_an_event_is_audited_without_changing_a_route(store: SqlRegistryStore) -
 
 
 def test_pending_feedback_is_taken_once_and_expires(store: SqlRegistryStore) -> None:
-    store.put_pending([("r1", "digits", "eu", "digits@1"), ("r2", "digits", "us", "a2")], 100.0)
-    store.put_pending([("r1", "digits", "eu", "digits@2")], 200.0)  # replaced
+    store.put_pending(
+        [("r1", "digits", "eu", "digits@1", "acme"), ("r2", "digits", "us", "a2", None)], 100.0
+    )
+    store.put_pending([("r1", "digits", "eu", "digits@2", "globex")], 200.0)  # replaced
     store.put_pending([], 100.0)
 
-    assert store.take_pending("r1", now=150.0) == ("digits", "eu", "digits@2")
+    assert store.take_pending("r1", now=150.0) == ("digits", "eu", "digits@2", "globex")
     assert store.take_pending("r1", now=150.0) is None
     assert store.take_pending("absent", now=150.0) is None
     assert store.take_pending("r2", now=100.5) is None  # expired: not handed out
-    store.put_pending([("r3", "digits", "eu", "a3")], 300.0)
+    store.put_pending([("r3", "digits", "eu", "a3", None)], 300.0)
     assert store.delete_expired_pending(now=150.0) == 1  # r2
     assert store.take_pending("r2", now=0.0) is None
-    assert store.take_pending("r3", now=300.0) == ("digits", "eu", "a3")
+    assert store.take_pending("r3", now=300.0) == ("digits", "eu", "a3", None)
 
 
 def test_of_processes_taking_the_same_feedback_at_once_exactly_one_gets_it(
@@ -386,7 +388,7 @@ def test_of_processes_taking_the_same_feedback_at_once_exactly_one_gets_it(
 ) -> None:
     racers = [stores() for _ in range(3)]
     ids = [f"req-{i}" for i in range(15)]
-    racers[0].put_pending([(rid, "digits", "all", f"arm-{rid}") for rid in ids], 1000.0)
+    racers[0].put_pending([(rid, "digits", "all", f"arm-{rid}", None) for rid in ids], 1000.0)
 
     def take_all(store: SqlRegistryStore) -> list[str]:
         return [rid for rid in ids if store.take_pending(rid, now=10.0) is not None]
@@ -417,7 +419,7 @@ def test_a_version_2_registry_gains_the_cluster_tables_and_keeps_its_routes(
         assert store.load_routes_with_revisions() == {"digits": ({"n": 1}, 1)}
         assert store.acquire_lease(LEASE, "a", ttl_s=1.0, now=1.0) == 1
         store.heartbeat("web-1", "a", 1, started_at=1.0, state={}, now=1.0)
-        store.put_pending([("r", "digits", "all", "x")], 10.0)
+        store.put_pending([("r", "digits", "all", "x", None)], 10.0)
     finally:
         store.close()
 
@@ -427,7 +429,7 @@ def test_a_cluster_table_dropped_by_hand_comes_back_empty(
 ) -> None:
     store = stores()
     store.heartbeat("web-1", "a", 1, started_at=1.0, state={}, now=1.0)
-    store.put_pending([("r", "digits", "all", "x")], 10.0)
+    store.put_pending([("r", "digits", "all", "x", None)], 10.0)
     store.close()
     backend.execute("DROP TABLE {processes}")
     backend.execute("DROP TABLE {pending_feedback}")
@@ -436,8 +438,8 @@ def test_a_cluster_table_dropped_by_hand_comes_back_empty(
     assert reopened.processes(since=0.0) == []
     reopened.heartbeat("web-2", "b", 2, started_at=1.0, state={}, now=2.0)
     assert [p.id for p in reopened.processes(since=0.0)] == ["web-2"]
-    reopened.put_pending([("r", "digits", "all", "y")], 10.0)
-    assert reopened.take_pending("r", now=1.0) == ("digits", "all", "y")
+    reopened.put_pending([("r", "digits", "all", "y", None)], 10.0)
+    assert reopened.take_pending("r", now=1.0) == ("digits", "all", "y", None)
     if backend.kind == "sqlite":  # the index came back with its table
         sql = "SELECT COUNT(*) FROM sqlite_master WHERE name = '{pending_feedback}_by_expiry'"
     else:
@@ -476,8 +478,8 @@ def test_a_terminated_connection_is_reopened_and_a_failed_reopen_is_a_503(
         kill_the_connection()
         assert store.acquire_lease(LEASE, "a", ttl_s=10.0, now=2.0) == 1
         kill_the_connection()
-        store.put_pending([("r", "digits", "all", "x")], 10.0)
-        assert store.take_pending("r", now=3.0) == ("digits", "all", "x")
+        store.put_pending([("r", "digits", "all", "x", None)], 10.0)
+        assert store.take_pending("r", now=3.0) == ("digits", "all", "x", None)
 
         # The server restarts, and is not back yet when the store reconnects.
         kill_the_connection()

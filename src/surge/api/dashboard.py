@@ -1,9 +1,11 @@
 """The live dashboard: GET /dashboard (one self-contained page) and GET /dashboard/snapshot
 (the JSON the page polls every second, see observe/snapshot.py).
 
-No auth for now, the same as /metrics: it shows aggregates and the latest receipts'
-ids, endpoints, timings and costs (never inputs, outputs or tenants). Expose it only
-where /metrics may be seen.
+Like /metrics, it needs a key only with `auth.protect_metrics`, so it shows nothing a
+stranger could act on or learn a caller from: aggregates, and the latest receipts'
+endpoints, route choices, timings and costs, never request ids (feedback and receipt
+lookups take them), inputs, outputs, tenants or the reasons' quoted headers. Expose it
+only where /metrics may be seen.
 """
 
 from __future__ import annotations

@@ -135,8 +135,9 @@ def finish_answer(exchange: Exchange, ctx: RequestContext, served_by: Deployment
 def response_headers(
     ctx: RequestContext, served_by: Deployment, stage_timing: bool = True
 ) -> dict[str, str]:
-    """Server-Timing, the version that answered, and `X-Surge-Route`: the final
-    model@version, and whether a route escalated, degraded or flagged the request."""
+    """Server-Timing, the version that answered, `X-Surge-Route` (the final model@version,
+    and whether a route escalated, degraded or flagged the request) and, after a bandit's
+    choice, `X-Feedback-Token`."""
     route = served_by.spec.version.ref
     if ctx.decisions:  # only routes decide; a plain endpoint skips this
         if any(d.get("action") == "escalate" for d in ctx.decisions):
@@ -146,6 +147,8 @@ def response_headers(
         if ctx.needs_review:
             route += "; needs-review"
     headers = {"X-Model-Version": served_by.version, "X-Surge-Route": route}
+    if ctx.feedback_token is not None:  # a bandit chose: what rewarding its choice needs
+        headers["X-Feedback-Token"] = ctx.feedback_token
     if stage_timing:
         headers["Server-Timing"] = server_timing(ctx)
     return headers

@@ -77,6 +77,9 @@ class RequestContext:
     # `timeout_ms` ("endpoint"), or a burst mode's cap on it ("mode"). A refusal of a
     # deadline the mode itself shortened is no evidence of overload (see admission.py).
     deadline_from: str = "endpoint"
+    # A bandit route's proof for this answer's feedback (X-Feedback-Token): only the one
+    # who got the answer can reward the arm that gave it.
+    feedback_token: str | None = None
 
     def decide(self, policy: str, choice: str, reason: str, **numbers: Any) -> None:
         self.decisions.append({"policy": policy, "choice": choice, "reason": reason, **numbers})

@@ -4,12 +4,17 @@ The receipt writer adds each written receipt's runs here (on its thread, hence t
 lock); a scrape or the dashboard reads the totals. Idle cost is what warm capacity
 costs while nobody calls: replica-seconds since a deployment went live minus the
 seconds its replicas were busy, at the endpoint's compute price.
+
+The tenant label is bounded: X-Tenant is whatever a caller sends, and each value would
+be a new series in every scrape, kept for good. Only the tenants named in the config
+(`tenants:`) get their own; any other name is counted under `other`, and requests without
+a tenant under "" (receipts keep the tenant as the server decided it).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
     from surge.serving.endpoint import Endpoint
 
 NO_TENANT = ""  # the label value for requests without X-Tenant
+# The label value of every tenant the config does not name (a configured tenant called
+# "other" shares it).
+OTHER_TENANT = "other"
 
 
 @dataclass
@@ -36,16 +44,22 @@ class Totals:
 
 
 class CostLedger:
-    def __init__(self, prices: dict[str, CostConfig]) -> None:
+    def __init__(self, prices: dict[str, CostConfig], tenants: Collection[str] = ()) -> None:
         self.prices = prices
+        self.tenants = frozenset(tenants)  # those labelled by name (`config.tenants`)
         self._lock = threading.Lock()
         self.totals: dict[tuple[str, str, str], Totals] = {}  # (endpoint, version, tenant)
+
+    def tenant_label(self, tenant: str | None) -> str:
+        if not tenant:
+            return NO_TENANT
+        return tenant if tenant in self.tenants else OTHER_TENANT
 
     def add(self, records: list[dict[str, Any]]) -> None:
         """Add receipt records (`observe.receipt.record_of`: runs priced already)."""
         with self._lock:
             for record in records:
-                tenant = record["tenant"] or NO_TENANT
+                tenant = self.tenant_label(record["tenant"])
                 for run in record["runs"]:
                     key = (run["endpoint"], run["version"], tenant)
                     totals = self.totals.get(key)

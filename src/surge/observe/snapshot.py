@@ -111,11 +111,12 @@ def _receipts(observer: Observer) -> list[dict[str, Any]]:
         return []
     rows = []
     for r in observer.receipts.latest(RECEIPTS_SHOWN):
-        # No tenant: the dashboard has no auth (like /metrics), and tenant names are
-        # behind the admin key in /admin/receipts.
+        # The dashboard has no auth (like /metrics): nothing here may let a stranger act
+        # on a request (its id is what feedback and receipt lookups take) or say who sent
+        # it (tenant; the decisions' reasons quote headers such as a segment or user
+        # key). What went where stays: each policy's choice, from the config's names.
         rows.append(
             {
-                "id": r["id"],
                 "time": r["time"],
                 "endpoint": r["endpoint"],
                 "served_by": r["served_by"],
@@ -126,7 +127,7 @@ def _receipts(observer: Observer) -> list[dict[str, Any]]:
                 "energy_j": r["energy"]["joules"],
                 "escalated": r["escalated"],
                 "degraded": r["degraded"],
-                "why": r["why"],
+                "route": " > ".join(f"{d['policy']}: {d['choice']}" for d in r["decisions"]),
             }
         )
     return rows

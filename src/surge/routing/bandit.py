@@ -1,13 +1,21 @@
 """Bandit routing: learn, per segment, which arm (deployment) earns the most reward.
 
 A segment is any key the caller picks to learn separately (a tenant, an input-size
-bucket); each starts from nothing on first use, so keep segment keys bounded. The
-caller calls `choose(segment)` per request and later `reward(arm, r, segment)` with
-r in [0, 1] (1 = a good answer). Randomness comes only from the injected rng, so a
-seeded run repeats exactly. Strategies are chosen by name through `make_bandit`.
+bucket). The caller calls `choose(segment)` per request and later `reward(arm, r,
+segment)` with r in [0, 1] (1 = a good answer). Randomness comes only from the injected
+rng, so a seeded run repeats exactly. Strategies are chosen by name through `make_bandit`.
 
-The state is sufficient statistics per (segment, arm) in plain JSON (`to_dict`), so
-the server can persist it and share it between processes.
+Segment keys come from outside (a header), so the table of them is bounded: a segment
+earns its own counts with its first reward, and at most `max_segments` have counts,
+least recently used evicted first. The default segment "" learns from every request and
+every reward, of every segment: a segment without counts of its own (new, never
+rewarded, evicted, or longer than `MAX_SEGMENT_CHARS`) is served from it, so a flood of
+made-up segment values costs no memory and still gets the arm that is best overall.
+
+The state is sufficient statistics per (segment, arm) in plain JSON (`to_dict`), so the
+server can persist it and share it between processes: `take_learned` hands over what was
+learned since the last call (the delta other processes add) and `absorb` adds another
+bandit's unshared learning to this one.
 """
 
 from __future__ import annotations
@@ -16,11 +24,16 @@ import math
 import numbers
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 STATE_FORMAT = 1
+DEFAULT_SEGMENT = ""
+MAX_SEGMENTS = 1000
+MAX_SEGMENT_CHARS = 128  # a longer key is no segment of its own (it would be a memory lever)
+_FIELDS = ("chosen", "pulls", "reward_sum")
 
 
 @dataclass(slots=True)
@@ -33,6 +46,14 @@ class ArmCounts:
     def mean_reward(self) -> float:
         return self.reward_sum / self.pulls if self.pulls else 0.0
 
+    def add(self, chosen: int, pulls: int, reward_sum: float) -> None:
+        self.chosen += chosen
+        self.pulls += pulls
+        self.reward_sum += reward_sum
+
+
+Counts = dict[str, ArmCounts]
+
 
 class Bandit(ABC):
     """What every strategy shares: arms, per-segment counts, validation, persistence.
@@ -40,60 +61,99 @@ class Bandit(ABC):
 
     kind: ClassVar[str]
 
-    def __init__(self, arms: Sequence[str], rng: random.Random) -> None:
+    def __init__(
+        self, arms: Sequence[str], rng: random.Random, *, max_segments: int = MAX_SEGMENTS
+    ) -> None:
         arms = tuple(arms)
         if not arms:
             raise ValueError("a bandit needs at least one arm")
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms must be unique, got {list(arms)}")
+        if max_segments < 0:
+            raise ValueError(f"max_segments must be >= 0, got {max_segments}")
         self.arms = arms
         self._rng = rng
-        self._segments: dict[str, dict[str, ArmCounts]] = {}
+        self.max_segments = max_segments
+        self._default: Counts = self._fresh()
+        # Named segments with counts of their own, least recently used first.
+        self._segments: OrderedDict[str, Counts] = OrderedDict()
+        # What was learned since `take_learned` ("" included), for other processes to add.
+        self._learned: dict[str, Counts] = {}
+        self.evicted = 0  # segments dropped to stay within max_segments
+
+    def _fresh(self) -> Counts:
+        return {arm: ArmCounts() for arm in self.arms}
 
     @property
     def segments(self) -> list[str]:
-        return list(self._segments)
+        """The default segment, then those with counts of their own, least recent first."""
+        return [DEFAULT_SEGMENT, *self._segments]
 
-    def _counts(self, segment: str) -> dict[str, ArmCounts]:
-        counts = self._segments.get(segment)
-        if counts is None:
-            counts = self._segments[segment] = {arm: ArmCounts() for arm in self.arms}
-        return counts
-
-    def choose(self, segment: str = "") -> str:
-        counts = self._counts(segment)
-        arm = self._pick(counts)
-        counts[arm].chosen += 1
+    def choose(self, segment: str = DEFAULT_SEGMENT) -> str:
+        own = self._segments.get(segment) if segment else None
+        if own is not None:
+            self._segments.move_to_end(segment)
+        arm = self._pick(self._default if own is None else own)
+        self._count(segment if own is not None else DEFAULT_SEGMENT, arm, 1, 0, 0.0)
         return arm
 
     @abstractmethod
-    def _pick(self, counts: dict[str, ArmCounts]) -> str:
+    def _pick(self, counts: Counts) -> str:
         """The strategy: which arm to try next, given the segment's counts."""
 
-    def reward(self, arm: str, reward: float, segment: str = "") -> None:
+    def reward(self, arm: str, reward: float, segment: str = DEFAULT_SEGMENT) -> None:
         if arm not in self.arms:
             raise ValueError(f"unknown arm {arm!r}; arms are {list(self.arms)}")
         # numbers.Real admits numpy scalars; the range check also refuses NaN.
         if not isinstance(reward, numbers.Real) or not 0.0 <= reward <= 1.0:
             raise ValueError(f"reward must be a number in [0, 1], got {reward!r}")
-        counts = self._counts(segment)[arm]
-        counts.pulls += 1
-        counts.reward_sum += float(reward)
+        own = self._admit(segment) is not None
+        self._count(segment if own else DEFAULT_SEGMENT, arm, 0, 1, float(reward))
 
-    def stats(self, segment: str = "") -> dict[str, dict[str, float]]:
+    def _admit(self, segment: str) -> Counts | None:
+        """The segment's own counts, made (evicting the least recently used) if need be;
+        None when it is to be served by the default segment."""
+        if not segment or len(segment) > MAX_SEGMENT_CHARS:
+            return None
+        found = self._segments.get(segment)
+        if found is not None:
+            self._segments.move_to_end(segment)
+            return found
+        if self.max_segments == 0:
+            return None
+        if len(self._segments) >= self.max_segments:
+            # Its unshared learning goes too; the default segment keeps its share.
+            old, _ = self._segments.popitem(last=False)
+            self._learned.pop(old, None)
+            self.evicted += 1
+        found = self._segments[segment] = self._fresh()
+        return found
+
+    def _count(self, segment: str, arm: str, chosen: int, pulls: int, reward: float) -> None:
+        """Add to a segment's counts and to the default's (which learns from all), and to
+        what is still to be shared of each."""
+        for name in (segment, DEFAULT_SEGMENT) if segment else (DEFAULT_SEGMENT,):
+            totals = self._segments[name] if name else self._default
+            totals[arm].add(chosen, pulls, reward)
+            learned = self._learned.get(name)
+            if learned is None:
+                learned = self._learned[name] = self._fresh()
+            learned[arm].add(chosen, pulls, reward)
+
+    def stats(self, segment: str = DEFAULT_SEGMENT) -> dict[str, dict[str, float]]:
         # An unseen segment reports zeros without being created: looking is not using.
-        counts = self._segments.get(segment) or {arm: ArmCounts() for arm in self.arms}
-        return {arm: self._arm_stats(c) for arm, c in counts.items()}
+        counts = self._default if not segment else self._segments.get(segment)
+        return {arm: self._arm_stats(c) for arm, c in (counts or self._fresh()).items()}
 
     def _arm_stats(self, c: ArmCounts) -> dict[str, float]:
         return {"pulls": c.pulls, "chosen": c.chosen, "mean_reward": c.mean_reward}
 
-    # -- persistence -----------------------------------------------------------------------
+    # -- persistence and sharing -------------------------------------------------------------
 
     def _settings(self) -> dict[str, Any]:
         return {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def _doc(self, segments: Iterable[tuple[str, Counts]]) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "kind": self.kind,
@@ -104,29 +164,77 @@ class Bandit(ABC):
                     arm: {"chosen": c.chosen, "pulls": c.pulls, "reward_sum": c.reward_sum}
                     for arm, c in counts.items()
                 }
-                for segment, counts in self._segments.items()
+                for segment, counts in segments
             },
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every count: the default segment first, then the others least recent first."""
+        return self._doc([(DEFAULT_SEGMENT, self._default), *self._segments.items()])
+
+    def take_learned(self) -> dict[str, Any]:
+        """What was learned since the last call, in `to_dict` form, and start afresh: the
+        delta a sync adds to the shared counts. At most max_segments + 1 segments."""
+        learned, self._learned = self._learned, {}
+        return self._doc(learned.items())
+
+    def give_back(self, taken: dict[str, Any]) -> None:
+        """A delta from `take_learned` that could not be shared: to be shared next time
+        (the counts have it already; segments evicted since are left out)."""
+        for segment, saved in taken["segments"].items():
+            if not segment or segment in self._segments:
+                self._add(segment, saved, totals=False)
+
+    def absorb(self, other: Bandit) -> None:
+        """Add what `other` learned and has not shared yet, as learned here: a bandit
+        rebuilt from the shared counts takes over from the one that kept learning."""
+        self.evicted += other.evicted
+        for segment, counts in other._learned.items():
+            saved = {arm: {k: getattr(c, k) for k in _FIELDS} for arm, c in counts.items()}
+            self._add(segment, saved, totals=True)
+
+    def _add(
+        self, segment: str, saved: dict[str, Any], *, totals: bool, learned: bool = True
+    ) -> None:
+        """Add saved counts to one segment as they are (the default gets no share)."""
+        target = self._admit(segment) if segment else self._default
+        if target is None:
+            return
+        into = [target] if totals else []
+        if learned:
+            found = self._learned.get(segment)
+            into.append(
+                found if found is not None else self._learned.setdefault(segment, self._fresh())
+            )
+        for arm, c in saved.items():
+            if arm in target:
+                for counts in into:
+                    counts[arm].add(int(c["chosen"]), int(c["pulls"]), float(c["reward_sum"]))
+
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], rng: random.Random, arms: Sequence[str] | None = None
+        cls,
+        data: dict[str, Any],
+        rng: random.Random,
+        arms: Sequence[str] | None = None,
+        *,
+        max_segments: int = MAX_SEGMENTS,
     ) -> Self:
         """Restore a saved bandit. `arms` replaces the saved arms (the config changed):
         arms kept keep their counts, new arms start from nothing, dropped arms are
-        forgotten."""
+        forgotten. Segments are taken least recent first (by `seen`, the order the
+        shared copy keeps), so past `max_segments` the most recent are kept."""
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported bandit state format {data.get('format')!r}")
         if data.get("kind") != cls.kind:
             raise ValueError(f"state of a {data.get('kind')!r} bandit, not {cls.kind!r}")
-        bandit = cls(data["arms"] if arms is None else arms, rng, **data["settings"])
-        for segment, saved in data["segments"].items():
-            counts = bandit._counts(segment)
-            for arm, c in saved.items():
-                if arm in counts:
-                    counts[arm] = ArmCounts(
-                        int(c["chosen"]), int(c["pulls"]), float(c["reward_sum"])
-                    )
+        saved_arms = data["arms"] if arms is None else arms
+        bandit = cls(saved_arms, rng, max_segments=max_segments, **data["settings"])
+        seen = data.get("seen") or {}
+        segments = data["segments"]
+        for segment in sorted(segments, key=lambda s: seen.get(s, 0)):  # stable: ties keep order
+            bandit._add(segment, segments[segment], totals=True, learned=False)
+        bandit.evicted = 0
         return bandit
 
 
@@ -142,8 +250,10 @@ class ThompsonBandit(Bandit):
         arms: Sequence[str],
         rng: random.Random,
         prior: tuple[float, float] = (1.0, 1.0),
+        *,
+        max_segments: int = MAX_SEGMENTS,
     ) -> None:
-        super().__init__(arms, rng)
+        super().__init__(arms, rng, max_segments=max_segments)
         alpha, beta = (float(x) for x in prior)
         if not (alpha > 0 and beta > 0 and math.isfinite(alpha + beta)):
             raise ValueError(f"prior must be two positive finite numbers, got {prior!r}")
@@ -154,7 +264,7 @@ class ThompsonBandit(Bandit):
         # max(): float sums of rewards <= 1 may overshoot pulls by an ulp.
         return alpha + c.reward_sum, beta + max(0.0, c.pulls - c.reward_sum)
 
-    def _pick(self, counts: dict[str, ArmCounts]) -> str:
+    def _pick(self, counts: Counts) -> str:
         draw = self._rng.betavariate
         # Continuous draws tie with probability zero; max keeps the first arm if they do.
         samples = {arm: draw(*self._posterior(c)) for arm, c in counts.items()}
@@ -175,13 +285,20 @@ class EpsilonGreedy(Bandit):
 
     kind = "epsilon_greedy"
 
-    def __init__(self, arms: Sequence[str], rng: random.Random, epsilon: float = 0.1) -> None:
-        super().__init__(arms, rng)
+    def __init__(
+        self,
+        arms: Sequence[str],
+        rng: random.Random,
+        epsilon: float = 0.1,
+        *,
+        max_segments: int = MAX_SEGMENTS,
+    ) -> None:
+        super().__init__(arms, rng, max_segments=max_segments)
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
         self.epsilon = float(epsilon)
 
-    def _pick(self, counts: dict[str, ArmCounts]) -> str:
+    def _pick(self, counts: Counts) -> str:
         untried = [arm for arm, c in counts.items() if c.pulls == 0]
         if untried:
             # Fewest chosen first: requests in flight before any reward comes back
@@ -203,7 +320,7 @@ class UniformRandom(Bandit):
 
     kind = "uniform"
 
-    def _pick(self, counts: dict[str, ArmCounts]) -> str:
+    def _pick(self, counts: Counts) -> str:
         return self._rng.choice(self.arms)
 
 
@@ -221,9 +338,11 @@ def make_bandit(kind: str, arms: Sequence[str], rng: random.Random, **options: A
     return cls(arms, rng, **options)
 
 
-def bandit_from_dict(data: dict[str, Any], rng: random.Random) -> Bandit:
+def bandit_from_dict(
+    data: dict[str, Any], rng: random.Random, *, max_segments: int = MAX_SEGMENTS
+) -> Bandit:
     """Restore a saved bandit of whichever strategy saved it."""
     kind = data.get("kind")
     if kind not in BANDITS:
         raise ValueError(f"unknown bandit {kind!r}; choose one of {sorted(BANDITS)}")
-    return BANDITS[kind].from_dict(data, rng)
+    return BANDITS[kind].from_dict(data, rng, max_segments=max_segments)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from surge.core.errors import SurgeError
-from surge.store.registry import LeaseRecord, ProcessRecord
+from surge.store.registry import LeaseRecord, PendingEntry, PendingRow, ProcessRecord
 from surge.store.schema import decode_json, encode_json
 
 T = TypeVar("T")
@@ -128,25 +128,48 @@ class ClusterTables:
 
     # -- pending feedback -----------------------------------------------------------------
 
-    def put_pending(self, entries: list[tuple[str, str, str, str]], expires_at: float) -> None:
+    def put_pending(self, entries: list[PendingRow], expires_at: float) -> None:
         if not entries:
             return
         sql = self._sql(
-            "INSERT INTO {f} (request_id, route, segment, arm, expires_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
+            "INSERT INTO {f} (request_id, route, segment, arm, tenant, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
             "route = excluded.route, segment = excluded.segment, arm = excluded.arm, "
-            "expires_at = excluded.expires_at"
+            "tenant = excluded.tenant, expires_at = excluded.expires_at"
         )
         rows = [(*entry, expires_at) for entry in entries]
         self._write(lambda conn: conn.cursor().executemany(sql, rows))
 
-    def take_pending(self, request_id: str, now: float) -> tuple[str, str, str] | None:
+    def take_pending(
+        self, request_id: str, now: float, check: Callable[[PendingEntry], None] | None = None
+    ) -> PendingEntry | None:
         # An expired entry is left for `delete_expired_pending`; it is not returned.
-        sql = self._sql(
-            "DELETE FROM {f} WHERE request_id = ? AND expires_at >= ? RETURNING route, segment, arm"
+        if check is None:
+            sql = self._sql(
+                "DELETE FROM {f} WHERE request_id = ? AND expires_at >= ? "
+                "RETURNING route, segment, arm, tenant"
+            )
+            row = self._write(lambda conn: conn.execute(sql, (request_id, now)).fetchone())
+            return None if row is None else (row[0], row[1], row[2], row[3])
+        # Checked between reading the row and deleting it, in one write transaction that
+        # holds the row (SQLite: every writer waits; PostgreSQL: FOR UPDATE): a refusal
+        # raised by `check` rolls back and leaves the entry for its rightful owner.
+        select = self._sql(
+            "SELECT route, segment, arm, tenant FROM {f} WHERE request_id = ? AND expires_at >= ?"
+            + self.lock_row
         )
-        row = self._write(lambda conn: conn.execute(sql, (request_id, now)).fetchone())
-        return None if row is None else (row[0], row[1], row[2])
+        delete = self._sql("DELETE FROM {f} WHERE request_id = ?")
+
+        def work(conn: Any) -> PendingEntry | None:
+            row = conn.execute(select, (request_id, now)).fetchone()
+            if row is None:
+                return None
+            entry = (row[0], row[1], row[2], row[3])
+            check(entry)
+            conn.execute(delete, (request_id,))
+            return entry
+
+        return self._write(work)
 
     def delete_expired_pending(self, now: float) -> int:
         sql = self._sql("DELETE FROM {f} WHERE expires_at < ?")

@@ -26,6 +26,9 @@ _NAMESPACE = re.compile(r"[a-z_][a-z0-9_]*")
 RouteUpdate = Callable[[dict[str, Any] | None], dict[str, Any]]
 # The same, or None: nothing to change, so nothing is written (nor audited).
 RouteChange = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+# A bandit answer awaiting feedback: (route, segment, arm, tenant), and with its request id.
+PendingEntry = tuple[str, str, str, str | None]
+PendingRow = tuple[str, str, str, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,16 @@ class RegistryStore(Protocol):
         """`{"pending": n, "labelled": m}`."""
         ...
 
+    def prune_reviews(
+        self, *, endpoint: str, unlabelled_before: float, max_unlabelled: int, max_labelled: int
+    ) -> dict[str, int]:
+        """Bound the endpoint's queue: drop unlabelled items created before
+        `unlabelled_before`, then all but the newest `max_unlabelled` unlabelled ones and
+        all but the `max_labelled` most recently labelled ones. Labelled items outlive the
+        retention (they are the retraining data) but not their cap. How many went, by why:
+        `{"expired": n, "unlabelled_over_cap": m, "labelled_over_cap": k}`."""
+        ...
+
     def heartbeat(
         self,
         process_id: str,
@@ -271,15 +284,19 @@ class RegistryStore(Protocol):
 
     def lease(self, name: str) -> LeaseRecord | None: ...
 
-    def put_pending(self, entries: list[tuple[str, str, str, str]], expires_at: float) -> None:
-        """Remember `(request_id, route, segment, arm)` until `expires_at`, so the
+    def put_pending(self, entries: list[PendingRow], expires_at: float) -> None:
+        """Remember `(request_id, route, segment, arm, tenant)` until `expires_at`, so the
         request's feedback can reach the arm at any process; a request id already there
         is replaced."""
         ...
 
-    def take_pending(self, request_id: str, now: float) -> tuple[str, str, str] | None:
-        """Remove and return `(route, segment, arm)` of a request that has not expired;
-        of processes taking the same request at once, exactly one gets it."""
+    def take_pending(
+        self, request_id: str, now: float, check: Callable[[PendingEntry], None] | None = None
+    ) -> PendingEntry | None:
+        """Remove and return `(route, segment, arm, tenant)` of a request that has not
+        expired; of processes taking the same request at once, exactly one gets it. With
+        `check`, the entry is removed only if `check(entry)` returns: it runs inside the
+        transaction, and what it raises leaves the entry where it was and propagates."""
         ...
 
     def delete_expired_pending(self, now: float) -> int:

@@ -4,6 +4,12 @@ transactions and dialect as the registry, so both backends get it from one set o
 An item is pending while its label is NULL. Labelling is one conditional UPDATE
 (`... WHERE label IS NULL`), so of two reviewers racing on one item, in one process or
 several, exactly one changes the row and the other is told who was first.
+
+The queue is bounded (`prune_reviews`, run in the background): anyone who can call a
+cascade can add to it, so unlabelled items go after a retention and past a cap (the
+newest kept). Labelled items are the retraining data and cost a human's time, so age
+alone never removes them: only their own cap does, the least recently labelled first,
+and a flood of unlabelled rows can never push them out.
 """
 
 from __future__ import annotations
@@ -117,6 +123,30 @@ class ReviewQueue:
         sql = self._sql(f"SELECT COUNT(*) - COUNT(label), COUNT(label) FROM {{q}} {where}")
         pending, labelled = self._read(lambda conn: conn.execute(sql, params).fetchone())
         return {"pending": int(pending), "labelled": int(labelled)}
+
+    def prune_reviews(
+        self, *, endpoint: str, unlabelled_before: float, max_unlabelled: int, max_labelled: int
+    ) -> dict[str, int]:
+        # Three short transactions rather than one long one: each holds the writers'
+        # lock only for its own statement.
+        expired = self._sql(
+            "DELETE FROM {q} WHERE endpoint = ? AND label IS NULL AND created_at < ?"
+        )
+        over = (
+            "DELETE FROM {{q}} WHERE endpoint = ? AND {state} AND id NOT IN "
+            "(SELECT id FROM {{q}} WHERE endpoint = ? AND {state} ORDER BY {order} LIMIT ?)"
+        )
+        unlabelled = self._sql(over.format(state=_PENDING[True], order="created_at DESC, id DESC"))
+        labelled = self._sql(over.format(state=_PENDING[False], order="labelled_at DESC, id DESC"))
+
+        def delete(sql: str, params: tuple[Any, ...]) -> int:
+            return int(self._write(lambda conn: conn.execute(sql, params).rowcount))
+
+        return {
+            "expired": delete(expired, (endpoint, float(unlabelled_before))),
+            "unlabelled_over_cap": delete(unlabelled, (endpoint, endpoint, max_unlabelled)),
+            "labelled_over_cap": delete(labelled, (endpoint, endpoint, max_labelled)),
+        }
 
     def _select_reviews(
         self, endpoint: str | None, state: str | None, order: str, limit: int
