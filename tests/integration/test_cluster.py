@@ -29,6 +29,8 @@ from rollout_helpers import (
     wait_for,
 )
 
+from surge.repository import link_version
+
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -343,7 +345,7 @@ def test_a_process_that_cannot_load_the_candidate_rolls_the_canary_back(repo, tm
     # the canary deployed through the other must not go on serving half the fleet.
     partial = tmp_path / "partial-repo"
     (partial / "digits").mkdir(parents=True)
-    (partial / "digits" / "1").symlink_to(repo / "digits" / "1", target_is_directory=True)
+    link_version(repo / "digits" / "1", partial / "digits" / "1")
     registry = f"sqlite:///{tmp_path / 'shared.db'}"
     config = digits_config(repo, steps_percent=[5, 100], min_requests=5, min_step_s=1.0)
     config.update(

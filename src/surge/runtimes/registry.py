@@ -21,7 +21,7 @@ def runtime_class(name: str) -> type[Runtime]:
         target = RUNTIMES[name]
     except KeyError:
         raise SurgeError(
-            "unknown_runtime", f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}", 500
+            "unknown_runtime", f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}", 422
         ) from None
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)

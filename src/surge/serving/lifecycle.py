@@ -57,8 +57,11 @@ class VersionLifecycle:
             raise
         except Exception as exc:
             await deployment.stop()
+            # A loader's message may name the file it read (ONNX Runtime does): say it
+            # relative to the repository, as every other refusal does.
+            why = str(exc).replace(str(version.root), "<repository>")
             raise SurgeError(
-                "load_failed", f"{version.ref} failed to load: {type(exc).__name__}: {exc}", 422
+                "load_failed", f"{version.ref} failed to load: {type(exc).__name__}: {why}", 422
             ) from exc
         deployment.metrics.ready = True
         return deployment
