@@ -216,7 +216,7 @@ def test_a_bucket_key_expires_when_the_bucket_would_be_full_and_a_flushed_script
 
 
 def test_fail_open_counts_in_this_process_alone_and_recovers_by_itself(server, caplog):
-    limit = Limit("key:k", 0.01, 3)
+    limit, other = Limit("key:k", 0.01, 3), Limit("key:other", 1000.0, 1000)
 
     async def scenario() -> dict:
         limiter = RedisLimiter(
@@ -224,6 +224,8 @@ def test_fail_open_counts_in_this_process_alone_and_recovers_by_itself(server, c
         )
         await limiter.start()
         seen: dict = {"before": await limiter.check([(limit, 1)])}
+        # Connections enough for a busy moment: all of them die with the server.
+        await asyncio.gather(*(limiter.check([(other, 1)]) for _ in range(30)))
         server.kill()
         started = time.monotonic()
         seen["outage"] = [await limiter.check([(limit, 1)]) for _ in range(5)]
@@ -232,6 +234,7 @@ def test_fail_open_counts_in_this_process_alone_and_recovers_by_itself(server, c
         server.start()  # the same port
         await _until(lambda: limiter.healthy, "the limiter to find redis again")
         seen["after"] = await limiter.check([(limit, 1)])
+        seen["busy_after"] = await asyncio.gather(*(limiter.check([(other, 1)]) for _ in range(30)))
         await limiter.stop()
         return seen
 
@@ -246,6 +249,7 @@ def test_fail_open_counts_in_this_process_alone_and_recovers_by_itself(server, c
     # The restarted Redis lost its keys: a full bucket again, counted in Redis.
     assert seen["after"].allowed and not seen["after"].degraded
     assert seen["after"].remaining == 2
+    assert not any(d.degraded for d in seen["busy_after"])  # no connection left stale
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unreachable" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1

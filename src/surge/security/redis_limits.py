@@ -212,6 +212,12 @@ class GuardedRedis:
         )
 
     async def _ping_until_up(self) -> None:
+        client = self._client
+        if client is not None:
+            # Every pooled connection may be dead (a restarted server closed them all):
+            # used after the return, each would fail once and start a new "outage".
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
         while True:
             await asyncio.sleep(DOWN_PING_EVERY_S)
             client = self._client
