@@ -22,7 +22,9 @@ limit) and marks the decision `degraded`; "closed" raises a 503 `SurgeError`
 ("rate_limiter_unavailable", Retry-After 1 s). Either way the outage is logged once when
 it starts and once when it ends; while it lasts, checks do not wait on Redis at all
 (a blackholed Redis would otherwise add the timeout to every request) and a background
-ping finds out when it is back. `GuardedRedis` is that connection discipline on its own,
+ping finds out when it is back. At most `max_connections` checks talk to Redis at once;
+the others queue for a connection within the same timeout, so a burst of requests is
+not mistaken for an outage. `GuardedRedis` is that connection discipline on its own,
 shared with the budgets (budget.py).
 """
 
