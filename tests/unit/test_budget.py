@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from surge.config_security import BudgetConfig
+from surge.core.errors import SurgeError
 from surge.security.budget import (
     LocalBudgets,
     RedisBudgets,
@@ -70,7 +71,7 @@ def test_a_tenant_past_its_hourly_budget_is_refused_until_the_hour_turns(caplog)
             await budgets.record("acme", 0.52, HALF_PAST + 3)  # 5.02: over
 
     asyncio.run(scenario())
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(SurgeError) as caught:
         budgets.check("acme", HALF_PAST + 4)
     error = caught.value
     assert (error.code, error.status) == ("budget_exhausted", 429)
