@@ -133,4 +133,4 @@ def render_budgets(tenants: list[dict[str, Any]]) -> None:
         shown = f"{budget:>12.6f}" if budget is not None else f"{'-':>12}"
         share = f"{t['share'] * 100:>5.1f}%" if t.get("share") is not None else f"{'-':>6}"
         print(f"{t['tenant'][:20]:20} {t['window']:6} {t['spent']:>12.6f} {shown} {share}  "
-              f"{t.get('reset_at_iso') or '-'}")  # fmt: skip
+              f"{t.get('reset_at') or '-'}")  # fmt: skip

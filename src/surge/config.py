@@ -247,6 +247,12 @@ class Config(Strict):
     @model_validator(mode="after")
     def _routes_resolve(self) -> Config:
         check_tenant_names(self.tenants)
+        budgeted = [n for n, t in self.tenants.items() if t.budget.per_hour or t.budget.per_day]
+        if budgeted and not self.observability.receipts.enabled:
+            raise ValueError(
+                f"tenants {budgeted} have budgets, which count the receipts' cost: "
+                "observability.receipts.enabled must be true"
+            )
         clash = sorted(set(self.routes) & set(self.endpoints))
         if clash:
             raise ValueError(f"routes {clash} have the names of endpoints")

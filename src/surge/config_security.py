@@ -30,7 +30,10 @@ class RateLimitConfig(_Strict):
     )
     rows_per_s: float | None = Field(None, gt=0, description="input rows (texts) per second")
     rows_burst: int | None = Field(
-        None, ge=1, description="rows admitted back to back (default: 5 % of a second's, >= 1)"
+        None,
+        ge=1,
+        description="rows admitted back to back, and so the most rows one request may carry "
+        "(a larger one is refused with 413); default 5 % of a second's worth, >= 1",
     )
 
 

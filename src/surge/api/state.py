@@ -116,7 +116,11 @@ class ServerState:
         self.keys = KeyAdmin(store, KeyRing(config.auth.verify_concurrency), plane.announce)
         await self.keys.reload()
         self.auth = Authenticator(config, self.keys.ring)
-        self.quotas = Quotas(config)
+        self.quotas = quotas = Quotas(config)
+        await quotas.start()
+        self.metrics.registry.register(quotas)
+        if self.observer.receipts is not None:
+            self.observer.receipts.listeners.append(quotas.record_spend)
         self.metrics.registry.register(RolloutCollector(self.endpoints, rollouts))
         self.metrics.registry.register(ClusterCollector(plane, rollouts))
         docs = await asyncio.to_thread(store.load_routes)
@@ -228,6 +232,8 @@ class ServerState:
             await self.modes.stop()
         if self.keys is not None:
             await self.keys.stop()
+        if self.quotas is not None:
+            await self.quotas.stop()
         if self.plane is not None:
             await self.plane.stop()
         if self.rollouts is not None:

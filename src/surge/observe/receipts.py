@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from surge.config_observe import CostConfig, ReceiptsConfig
@@ -52,6 +53,8 @@ class ReceiptLog:
         self._buffer: deque[RequestContext] = deque()
         self._latest: deque[dict[str, Any]] = deque(maxlen=LATEST_KEPT)  # records
         self.buffer_full = 0
+        # Called with each batch of records on the writer's thread (budgets count spend).
+        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         self._flushing = asyncio.Lock()
         self._writer = Periodic(
             "receipt writer", config.flush_interval_s, self._write_round, logger=log
@@ -112,6 +115,8 @@ class ReceiptLog:
         self.sink.send(records)
         # Costs count what was answered, stored or not: the bill is not the log.
         self.ledger.add(records)
+        for listener in self.listeners:  # e.g. tenants' budgets (security/quotas.py)
+            listener(records)
         self._latest.extend(records)
 
     # -- reading ---------------------------------------------------------------------------

@@ -15,13 +15,20 @@ off the request path.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from surge.config import Config
 from surge.config_security import RateLimitConfig
+from surge.security.budget import LocalBudgets, RedisBudgets
 from surge.security.rate_limit import UNLIMITED, Limit, LocalLimiter, limits_from_config, priced
 from surge.security.ratelimit_headers import rate_limited_error, ratelimit_headers
+from surge.security.redis_limits import RedisLimiter
 
 if TYPE_CHECKING:
     from surge.security.auth import Principal
@@ -33,9 +40,59 @@ class Quotas:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.local = LocalLimiter()
-        self.limiter: Any = None  # a RedisLimiter when redis_url is set (start)
-        self.budgets: Any = None
+        limits = config.limits
+        timeout_s = limits.redis_timeout_ms / 1000
+        self.limiter: RedisLimiter | None = None
+        if config.redis_url:
+            self.limiter = RedisLimiter(
+                config.redis_url, config.registry_namespace, timeout_s=timeout_s,
+                on_down=limits.on_store_down, local=self.local,
+            )  # fmt: skip
+        budgets = {
+            name: t.budget
+            for name, t in config.tenants.items()
+            if t.budget.per_hour is not None or t.budget.per_day is not None
+        }
+        self.budgets: LocalBudgets | None = None
+        if budgets:
+            ns = config.registry_namespace
+            self.budgets = (
+                RedisBudgets(config.redis_url, ns, budgets, timeout_s=timeout_s)
+                if config.redis_url
+                else LocalBudgets(budgets)
+            )
         self._limits: dict[tuple[str | None, str | None], list[Limit]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.limiter is not None:
+            await self.limiter.start()
+        if self.budgets is not None:
+            await self.budgets.start()
+
+    async def stop(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.stop()
+        if self.budgets is not None:
+            await self.budgets.stop()
+
+    def record_spend(self, records: list[dict[str, Any]]) -> None:
+        """Add finished requests' cost to their tenants' budgets. Called with each batch
+        of receipts on the receipt writer's thread: summed per tenant there, handed to
+        the event loop once per tenant."""
+        budgets, loop = self.budgets, self._loop
+        if budgets is None or loop is None:
+            return
+        spent: dict[str, float] = defaultdict(float)
+        for record in records:
+            tenant = record.get("tenant")
+            if tenant in budgets.budgets:
+                spent[tenant] += sum(run.get("cost", 0.0) for run in record["runs"])
+        now = time.time()
+        for tenant, cost in spent.items():
+            if cost > 0:
+                asyncio.run_coroutine_threadsafe(budgets.record(tenant, cost, now), loop)
 
     def limits_for(self, principal: Principal) -> list[Limit]:
         """The caller's limits (the key's, its tenant's, or the anonymous ones)."""
@@ -67,7 +124,36 @@ class Quotas:
         """Each tenant with a budget: its spend this hour and day against the budget."""
         if self.budgets is None:
             return []
-        return await self.budgets.report(now_unix)
+        rows = []
+        for tenant, spend in (await self.budgets.spend(None, now_unix)).items():
+            for window, spent, budget, resets in (
+                ("hour", spend.hour, spend.per_hour, spend.hour_resets_at),
+                ("day", spend.day, spend.per_day, spend.day_resets_at),
+            ):
+                share = spent / budget if budget else None
+                rows.append({"tenant": tenant, "window": window, "spent": spent,
+                             "budget": budget, "share": share, "reset_at": resets})  # fmt: skip
+        return rows
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus: each budget's share spent, and whether limits are shared now."""
+        used = GaugeMetricFamily(
+            "surge_tenant_budget_used_ratio",
+            "Share of the tenant's budget spent in the current window (1 = exhausted)",
+            labels=["tenant", "window"],
+        )
+        if self.budgets is not None:
+            for (tenant, window), ratio in self.budgets.spend_ratios(time.time()).items():
+                used.add_metric([tenant, window], ratio)
+        yield used
+        shared = GaugeMetricFamily(
+            "surge_rate_limits_shared",
+            "1 while rate limits are counted in Redis for every process; 0 while this "
+            "process counts alone (Redis down, limits.on_store_down: open)",
+        )
+        if self.limiter is not None:
+            shared.add_metric([], 1.0 if self.limiter.healthy else 0.0)
+        yield shared
 
     async def admit(self, principal: Principal, rows: int) -> dict[str, str]:
         """Take one request of `rows` rows from every limit of the caller, or raise 429
@@ -85,4 +171,3 @@ class Quotas:
         if not decision.allowed:
             raise rate_limited_error(decision)
         return ratelimit_headers(decision)
-
