@@ -251,16 +251,18 @@ def test_two_workers_on_one_host_act_as_one(repo, tmp_path):
         # released everywhere: each worker's own signals decide its mode again
         wait_for(lambda: every_worker(lambda p: not p["state"]["forced"]), 10, "release")
         # feedback for answers of either worker, through either worker, exactly once
-        ids = []
+        # (each worker signs with the namespace's one feedback secret)
+        proofs = []
         for i in range(40):
             answer = client.post("/v2/models/learner/infer", json=digit_body(i))
             sent += 1
             assert answer.status_code == 200
-            ids.append(answer.headers["x-request-id"])
-        for request_id in ids:
-            fed = client.post("/v1/feedback", json={"request_id": request_id, "reward": 1.0})
+            proofs.append({"request_id": answer.headers["x-request-id"],
+                           "feedback_token": answer.headers["x-feedback-token"]})  # fmt: skip
+        for proof in proofs:
+            fed = client.post("/v1/feedback", json={**proof, "reward": 1.0})
             assert fed.status_code == 200, fed.text
-        again = client.post("/v1/feedback", json={"request_id": ids[0], "reward": 1.0})
+        again = client.post("/v1/feedback", json={**proofs[0], "reward": 1.0})
         assert again.status_code == 404
     # every receipt of both workers is stored, none lost (the server has stopped and
     # its sinks flushed)

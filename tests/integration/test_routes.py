@@ -186,11 +186,17 @@ def test_bandit_learns_from_feedback_and_shares_what_it_learned(repo, tmp_path):
             reward = 1.0 if label == truth[i] else 0.0
             fed = client.post(
                 "/v1/feedback",
-                json={"request_id": answer.headers["x-request-id"], "reward": reward},
+                json={
+                    "request_id": answer.headers["x-request-id"],
+                    "reward": reward,
+                    "feedback_token": answer.headers["x-feedback-token"],
+                },
             )
             assert fed.status_code == 200, fed.text
         assert sum(a == "digits@1" for a in arms[-100:]) >= 85, arms[-100:]
-        unknown = client.post("/v1/feedback", json={"request_id": "nope", "reward": 1})
+        unknown = client.post(
+            "/v1/feedback", json={"request_id": "nope", "reward": 1, "feedback_token": "t"}
+        )
         assert unknown.status_code == 404
         bad = client.post("/v1/feedback", json={"request_id": "x", "reward": "great"})
         assert bad.status_code == 400
