@@ -244,8 +244,9 @@ def test_a_refused_take_leaves_the_entry_in_the_registry(registry):
     async def main() -> None:
         shared = RegistryPending(registry, wall_clock=lambda: 100.0)
         await shared.put([("req-1", ("learner", "acme", "large", "acme"))], ttl_s=60)
-        with pytest.raises(SurgeError):
+        with pytest.raises(SurgeError) as refused:
             await shared.take("req-1", refuse)
+        assert refused.value.code == "feedback_forbidden"  # the check's, not the store's
         seen: list[Any] = []
         taken = await shared.take("req-1", seen.append)
         assert taken == ("learner", "acme", "large", "acme") and seen == [taken]
@@ -274,8 +275,9 @@ def test_a_refused_take_puts_the_entry_back_in_redis_for_the_rest_of_its_time():
             shared = RedisPending(link, wall_clock=lambda: clock[0])
             await shared.put([("req-1", ("learner", "acme", "large", "acme"))], ttl_s=60)
             clock[0] += 59.5  # half a second of its minute left
-            with pytest.raises(SurgeError):
+            with pytest.raises(SurgeError) as refused:
                 await shared.take("req-1", refuse)
+            assert refused.value.code == "feedback_forbidden"
             ttl_ms = await link._command(lambda c: c.pttl(link._pending_key("req-1")))
             assert 0 < ttl_ms <= 500  # back, but not a minute longer for the stranger's try
             taken = await shared.take("req-1", lambda entry: None)

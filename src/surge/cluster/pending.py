@@ -104,6 +104,15 @@ def _entry(fields: Any) -> Entry:
     return (fields[0], fields[1], fields[2], fields[3] if len(fields) > 3 else None)
 
 
+def _unavailable(exc: Exception) -> SurgeError:
+    return SurgeError(
+        "feedback_unavailable",
+        f"pending feedback cannot be looked up right now ({exc}); retry",
+        503,
+        1.0,
+    )
+
+
 def _accept(entry: Entry) -> None:
     """The check of a take that needs no proof."""
 
@@ -155,15 +164,12 @@ class PendingFeedback:
                 continue
             try:
                 found = await self.shared.take(request_id, check)
-            except SurgeError:
-                raise  # the check refused the taker
+            except SurgeError as exc:
+                if exc.status < 500:
+                    raise  # the check refused the taker
+                raise _unavailable(exc) from None
             except Exception as exc:
-                raise SurgeError(
-                    "feedback_unavailable",
-                    f"pending feedback cannot be looked up right now ({exc}); retry",
-                    503,
-                    1.0,
-                ) from None
+                raise _unavailable(exc) from None
             if found is not None or loop.time() >= deadline:
                 return found
             # Another process may not have flushed it yet.
