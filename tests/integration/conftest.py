@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from surge.config import hash_admin_key
+from tests.secret_scan import SERVER_LOGS, secrets_of
 
 REPO_ROOT = Path(__file__).parents[2]
 ADMIN_KEY = "test-admin-key"
@@ -59,6 +60,8 @@ def run_server(config: dict, workdir: Path, start_timeout_s: float = 180) -> Ite
     config_path = workdir / f"surge-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"surge-{port}.log"
+    # Scanned for secrets when the server stops; a leak fails the run (tests/conftest.py).
+    SERVER_LOGS.watch(log_path, {"the admin key": ADMIN_KEY, **secrets_of(config, os.environ)})
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "surge", "serve", "--config", str(config_path)],
@@ -85,6 +88,7 @@ def run_server(config: dict, workdir: Path, start_timeout_s: float = 180) -> Ite
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+        SERVER_LOGS.collect(log_path)
 
 
 DEMO_ENDPOINTS = {
