@@ -21,6 +21,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from conftest import ADMIN, DEMO_ENDPOINTS, run_server  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
@@ -29,8 +30,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_headers_conformance,
     response_schema_conformance,
 )
-
-from tests.integration.conftest import ADMIN, DEMO_ENDPOINTS, run_server  # noqa: E402
 
 EXAMPLES_PER_MODE = 15
 SEED = 20260101

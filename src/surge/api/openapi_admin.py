@@ -45,6 +45,7 @@ SCHEMAS: Doc = {
     "Label": {"type": "object", "properties": {"label": {}}, "required": ["label"]},
 }
 
+ITEM_ID = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}  # a database row id
 ENDPOINT = path_param("endpoint", "An endpoint or route name.")
 LIMIT = query_param(
     "limit", "At most this many (default 100).", {"type": "integer", "minimum": 1, "maximum": 10000}
@@ -144,7 +145,7 @@ PATHS: Doc = {
             400,
             404,
             413,
-            parameters=[path_param("item", "The item's id.", {"type": "integer", "minimum": 0})],
+            parameters=[path_param("item", "The item's id.", ITEM_ID)],
             body=json_body(ref("Label")),
         )
     },
