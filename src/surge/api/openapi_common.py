@@ -96,12 +96,27 @@ HEADERS: Doc = {
         "description": "Binary tensor extension: bytes of JSON before the binary outputs.",
         "schema": {"type": "integer", "minimum": 0},
     },
+    "X-Feedback-Token": {
+        "description": "When a bandit route chose the answer: the proof that rewards it "
+        "(`feedback_token` of `POST /v1/feedback`).",
+        "schema": {"type": "string"},
+    },
     "X-Surge-Route": {
         "description": "model@version that answered, with `; escalated`, `; degraded` or "
         "`; needs-review` when a route did so.",
         "schema": {"type": "string"},
     },
 }
+
+# What an inference answer carries besides X-Request-Id.
+INFER_ANSWER_HEADERS = (
+    "Server-Timing",
+    "X-Model-Version",
+    "X-Surge-Route",
+    "X-Feedback-Token",
+    "RateLimit",
+    "RateLimit-Policy",
+)
 
 # What each refusal means; the headers it carries beyond X-Request-Id.
 REFUSALS: dict[int, tuple[str, tuple[str, ...]]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from surge.api.openapi_common import (
     CLIENT_SECURITY,
+    INFER_ANSWER_HEADERS,
     Doc,
     json_body,
     ok,
@@ -103,8 +104,10 @@ SCHEMAS: Doc = {
             "reward": {"type": "number", "minimum": 0, "maximum": 1},
             "feedback_token": {
                 "type": "string",
-                "description": "The answer's feedback token: lets a call "
-                "without the `feedback` scope reward that one answer.",
+                "minLength": 1,
+                "description": "The X-Feedback-Token header of the answer: the proof that "
+                "the caller got it. Without it, the call needs a key with the `feedback` "
+                "scope for the answer's tenant.",
             },
         },
         "required": ["request_id", "reward"],
@@ -136,13 +139,7 @@ PATHS: Doc = {
                 "200": ok(
                     "The embeddings.",
                     ref("CreateEmbeddingResponse"),
-                    headers=(
-                        "Server-Timing",
-                        "X-Model-Version",
-                        "X-Surge-Route",
-                        "RateLimit",
-                        "RateLimit-Policy",
-                    ),
+                    headers=INFER_ANSWER_HEADERS,
                 ),
                 **refusals("openai", 400, 401, 403, 404, 413, 429, 502, 503, 504),
             },
@@ -172,13 +169,15 @@ PATHS: Doc = {
             FEEDBACK_TAG,
             {
                 "200": ok("The reward was taken.", ref("FeedbackResponse")),
-                **refusals("openai", 400, 401, 403, 404, 413, 429),
+                **refusals("openai", 400, 401, 403, 404, 413, 429, 503),
             },
             CLIENT_SECURITY,
             operation_id="feedback",
-            description="How good a bandit route's answer was, once per answer: 404 when "
-            "no bandit route awaits feedback for the request (unknown, already rewarded, "
-            "or too old). Bodies past 4 KiB are refused with 413.",
+            description="How good a bandit route's answer was, once per answer. 401 without "
+            "a feedback_token or a `feedback` key; 403 when the token is not that answer's "
+            "(a refused proof leaves the answer rewardable); 404 when no bandit route awaits "
+            "feedback for the request (unknown, already rewarded, or too old); 503 when the "
+            "pending-feedback store cannot answer. Bodies past 4 KiB are refused with 413.",
             body=json_body(ref("FeedbackRequest")),
         )
     },

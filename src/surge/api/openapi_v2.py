@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from surge.api.openapi_common import (
     CLIENT_SECURITY,
+    INFER_ANSWER_HEADERS,
     JSON,
     PUBLIC_SECURITY,
     Doc,
@@ -140,13 +141,6 @@ INFER_HEADERS = [
         "Inference-Header-Content-Length",
     )
 ]
-INFER_ANSWER_HEADERS = (
-    "Server-Timing",
-    "X-Model-Version",
-    "X-Surge-Route",
-    "RateLimit",
-    "RateLimit-Policy",
-)
 INFER_REFUSALS = refusals("v2", 400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
 
 
