@@ -25,6 +25,8 @@ TABLES = (
     "processes",
     "leases",
     "pending_feedback",
+    "keys",
+    "secrets",
 )
 
 OpenStore = Callable[[], RegistryStore]

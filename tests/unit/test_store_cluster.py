@@ -370,10 +370,11 @@ def test_pending_feedback_is_taken_once_and_expires(store: SqlRegistryStore) -> 
     store.put_pending(
         [("r1", "digits", "eu", "digits@1", "acme"), ("r2", "digits", "us", "a2", None)], 100.0
     )
-    store.put_pending([("r1", "digits", "eu", "digits@2", "globex")], 200.0)  # replaced
+    # A second answer under the same (client-chosen) id does not replace the first.
+    store.put_pending([("r1", "digits", "eu", "digits@2", "globex")], 200.0)
     store.put_pending([], 100.0)
 
-    assert store.take_pending("r1", now=150.0) == ("digits", "eu", "digits@2", "globex")
+    assert store.take_pending("r1", now=50.0) == ("digits", "eu", "digits@1", "acme")
     assert store.take_pending("r1", now=150.0) is None
     assert store.take_pending("absent", now=150.0) is None
     assert store.take_pending("r2", now=100.5) is None  # expired: not handed out

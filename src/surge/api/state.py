@@ -32,6 +32,7 @@ from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory
 from surge.serving.mode_driver import MODE_KEY, ModeDriver
+from surge.serving.review_pruner import ReviewPruner
 from surge.serving.rollout_leader import RolloutLeader, local_windows
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
@@ -60,6 +61,7 @@ class ServerState:
     auth: Authenticator | None = None  # who is calling (client keys)
     keys: KeyAdmin | None = None  # making and following the client keys
     quotas: Quotas | None = None  # rate limits and budgets
+    review_pruner: ReviewPruner | None = None  # review queues' retention and caps
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -132,6 +134,9 @@ class ServerState:
         self.routes = build_routes(
             config.routes, self.endpoints, self._queue_for_review, store, plane.pending.remember
         )
+        self.review_pruner = ReviewPruner.for_routes(
+            config.routes, store, leading=lambda: plane.lease.leading
+        )
         for route in self.bandits:
             await route.sync()  # start from what every process has learned so far
             route.start()
@@ -159,6 +164,7 @@ class ServerState:
         self.leader.start()
         modes.start()
         self.keys.start()
+        self.review_pruner.start()
 
     async def _follow(self, key: str, doc: dict[str, Any], revision: int) -> bool:
         """The follower's hook: a route doc changed in the registry."""
@@ -234,6 +240,8 @@ class ServerState:
             await self.keys.stop()
         if self.quotas is not None:
             await self.quotas.stop()
+        if self.review_pruner is not None:
+            await self.review_pruner.stop()
         if self.plane is not None:
             await self.plane.stop()
         if self.rollouts is not None:

@@ -139,7 +139,12 @@ class PendingFeedback:
     def remember(
         self, request_id: str, route: str, segment: str, arm: str, tenant: str | None
     ) -> None:
-        """On the request path: one dict insert (and, when full, one eviction)."""
+        """On the request path: one dict insert (and, when full, one eviction). The first
+        answer under an id keeps it: a client may choose its X-Request-Id, and reusing
+        another's must not replace that answer's pending entry (here, in the registry
+        and in Redis alike)."""
+        if request_id in self._unsent:
+            return
         self._unsent[request_id] = (route, segment, arm, tenant)
         if len(self._unsent) > self.max_unsent:
             self._unsent.popitem(last=False)

@@ -167,7 +167,8 @@ class RedisLink:
         async def put(client: Redis) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for request_id, value in entries:
-                    pipe.set(self._pending_key(request_id), value, px=ttl_ms)
+                    # NX: the first answer under an id keeps it (see PendingFeedback).
+                    pipe.set(self._pending_key(request_id), value, px=ttl_ms, nx=True)
                 await pipe.execute()
 
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -47,4 +47,10 @@ class ClusterCollector(Collector):
         )
         for name in self.rollouts.endpoints:
             failed.add_metric([name], 1.0 if name in self.rollouts.reconciler.failures else 0.0)
-        yield from (up, leader, revision, failed)
+        evicted = CounterMetricFamily(
+            "surge_pending_feedback_evicted",
+            "Bandit answers forgotten before they were shared for feedback (the local "
+            "buffer was full while the shared store was unreachable)",
+        )
+        evicted.add_metric([], self.plane.pending.evicted)
+        yield from (up, leader, revision, failed, evicted)

@@ -37,7 +37,7 @@ class Observer:
         self.config = observability
         self.machine_cores = machine_cores
         self.prices = {name: e.cost for name, e in config.endpoints.items()}
-        self.costs = CostLedger(self.prices)
+        self.costs = CostLedger(self.prices, tenants=config.tenants)
         self.receipts: ReceiptLog | None = None
         if observability.receipts.enabled:
             url = observability.receipts.url or config.registry_url

@@ -37,14 +37,23 @@ class RouteCollector(Collector):
             "1 while a target's breaker refuses traffic",
             labels=["route", "target"],
         )
+        evicted = CounterMetricFamily(
+            "surge_bandit_segments_evicted",
+            "Bandit segments forgotten to stay within the route's max_segments (their "
+            "requests are then served from the default segment)",
+            labels=["route"],
+        )
         for name, route in self.routes.items():
+            bandit = getattr(route, "bandit", None)
+            if bandit is not None:
+                evicted.add_metric([name], bandit.evicted)
             for (target, action), count in sorted(route.counts.items()):
                 decisions.add_metric([name, target, action], count)
             for target, breaker in getattr(route, "breakers", {}).items():
                 for state in (CLOSED, OPEN, HALF_OPEN):
                     breakers.add_metric([name, target, state], 1 if breaker.state == state else 0)
                 is_open.add_metric([name, target], 1 if breaker.state == OPEN else 0)
-        yield from (decisions, breakers, is_open)
+        yield from (decisions, breakers, is_open, evicted)
 
 
 class ModeCollector(Collector):

@@ -133,9 +133,7 @@ class ClusterTables:
             return
         sql = self._sql(
             "INSERT INTO {f} (request_id, route, segment, arm, tenant, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
-            "route = excluded.route, segment = excluded.segment, arm = excluded.arm, "
-            "tenant = excluded.tenant, expires_at = excluded.expires_at"
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING"
         )
         rows = [(*entry, expires_at) for entry in entries]
         self._write(lambda conn: conn.cursor().executemany(sql, rows))
