@@ -176,3 +176,31 @@ def test_no_operation_fails_the_server_or_its_document(fuzz_server, client_key):
     assert findings.requests > 500
     # Still serving, and still ready, after everything it was sent.
     assert httpx.get(f"{fuzz_server.url}/v2/health/ready", timeout=5).status_code == 200
+
+
+# 500s the fuzzer (and a follow-up by hand) found in code this test does not own: each
+# reproduces here until it is fixed, when the strict xfail turns red as the reminder to
+# drop its line.
+KNOWN_500 = [
+    pytest.param(
+        "POST",
+        "/admin/review/9223372036854775808",
+        marks=pytest.mark.xfail(strict=True, reason="admin.label_review: id past SQLite INTEGER"),
+    ),
+    pytest.param(
+        "POST",
+        "/admin/review/%C2%B2",
+        marks=pytest.mark.xfail(strict=True, reason="admin.label_review: '²'.isdigit()"),
+    ),
+    pytest.param(
+        "GET",
+        "/admin/history?limit=%C2%B2",
+        marks=pytest.mark.xfail(strict=True, reason="admin._limit: '²'.isdigit()"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), KNOWN_500)
+def test_bad_admin_ids_and_limits_are_refused_not_crashed(fuzz_server, method, path):
+    answer = httpx.request(method, f"{fuzz_server.url}{path}", headers=ADMIN, json={"label": 1})
+    assert answer.status_code in (400, 404), answer.text
