@@ -22,7 +22,7 @@ import pytest
 from surge.core.errors import SurgeError
 from surge.security import redis_limits
 from surge.security.rate_limit import Limit, LocalLimiter, assess
-from surge.security.redis_limits import GCRA_SHA, RedisLimiter
+from surge.security.redis_limits import GCRA_SHA, TIMEOUTS_BEFORE_DOWN, RedisLimiter
 
 REDIS_SERVER = "/usr/bin/redis-server"
 TIMEOUT_S = 0.5  # the limiters' timeout: generous, a 2-core machine is shared
@@ -283,7 +283,10 @@ def test_fail_closed_refuses_with_503_while_redis_is_down(server):
         )
 
 
-def test_a_frozen_redis_costs_one_check_the_timeout_and_the_next_ones_nothing(server):
+def test_a_frozen_redis_costs_a_few_checks_the_timeout_and_the_next_ones_nothing(server):
+    # A late answer alone falls back for that check (a busy machine's event loop runs
+    # late too); TIMEOUTS_BEFORE_DOWN in a row are an outage, and later checks wait on
+    # nothing until a ping finds Redis again.
     limit = Limit("key:k", 100.0)
 
     async def scenario() -> list[float]:
@@ -291,7 +294,7 @@ def test_a_frozen_redis_costs_one_check_the_timeout_and_the_next_ones_nothing(se
         await limiter.check([(limit, 1)])
         server.signal(signal.SIGSTOP)  # connections stay open and nothing answers
         took = []
-        for _ in range(3):
+        for _ in range(TIMEOUTS_BEFORE_DOWN + 2):
             started = time.monotonic()
             decision = await limiter.check([(limit, 1)])
             took.append(time.monotonic() - started)
@@ -302,9 +305,10 @@ def test_a_frozen_redis_costs_one_check_the_timeout_and_the_next_ones_nothing(se
         await limiter.stop()
         return took
 
-    first, *rest = asyncio.run(scenario())
-    assert 0.15 < first < 0.2 + SLACK_S
-    assert all(t < 0.05 for t in rest)
+    took = asyncio.run(scenario())
+    late, rest = took[:TIMEOUTS_BEFORE_DOWN], took[TIMEOUTS_BEFORE_DOWN:]
+    assert all(0.15 < t < 0.2 + 0.05 for t in late), took
+    assert all(t < 0.05 for t in rest), took
 
 
 def test_a_burst_of_concurrent_checks_queues_for_a_connection_and_is_no_outage(server):

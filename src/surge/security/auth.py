@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from surge.config import Config
 from surge.config_security import TENANT_PATTERN
 from surge.core.errors import SurgeError, bad_input
-from surge.security.keys import KeyRing, key_id_of, usable
+from surge.security.keys import PREFIX, KeyRing, usable
 from surge.serving.target import DEFAULT_PRIORITY, parse_priority
 from surge.store.keys import KeyRecord
 
 _TENANT = re.compile(TENANT_PATTERN)
 IDENTITY_HEADERS = (b"x-tenant", b"x-priority")
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+_REWRITTEN = frozenset((*IDENTITY_HEADERS, *CREDENTIAL_HEADERS))
 BEARER = {"WWW-Authenticate": 'Bearer realm="surge"'}
 
 
@@ -78,12 +79,13 @@ class Authenticator:
         self.tenants = config.tenants
         self.ring = ring
         self.clock = clock
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
     async def identify(self, scope: dict) -> Principal:
         """The caller, with the request's identity headers rewritten to match it."""
         headers: dict[bytes, str] = scope["surge.headers"]
         token = _presented(headers, strict=self.required)
-        if token is not None and not self.required and key_id_of(token) is None:
+        if token is not None and not self.required and not token.startswith(PREFIX):
             # Not one of ours, and none is needed: stock clients send some key anyway
             # (the OpenAI client requires one), so the call is anonymous, not refused.
             token = None
@@ -101,7 +103,15 @@ class Authenticator:
         if record is None or not usable(record, now):
             raise SurgeError("unauthorized", _refusal(record), 401, headers=BEARER)
         self.ring.used[record.id] = now
-        principal = self._principal(record, headers)
+        if "gateway" in record.scopes:  # its identity comes with each request
+            principal = self._principal(record, headers)
+        else:  # one per key (and per version of its row): made once, then reused
+            cached = self._principals.get(record.id)
+            if cached is None or cached[0] is not record:
+                if len(self._principals) > 2 * len(self.ring.records) + 64:
+                    self._principals.clear()  # keys ended since: start afresh
+                cached = self._principals[record.id] = (record, self._principal(record, headers))
+            principal = cached[1]
         _rewrite(scope, principal)
         return principal
 
@@ -174,11 +184,8 @@ def _rewrite(scope: dict, principal: Principal) -> None:
     headers: dict[bytes, str] = scope["surge.headers"]
     for name in (*IDENTITY_HEADERS, *CREDENTIAL_HEADERS):
         headers.pop(name, None)
-    raw = [
-        (k, v)
-        for k, v in scope["headers"]
-        if k.lower() not in IDENTITY_HEADERS and k.lower() not in CREDENTIAL_HEADERS
-    ]
+    # ASGI servers hand header names over lower-cased (the ASGI spec requires it).
+    raw = [(k, v) for k, v in scope["headers"] if k not in _REWRITTEN]
     priority = str(principal.priority).encode("latin-1")
     raw.append((b"x-priority", priority))
     headers[b"x-priority"] = str(principal.priority)

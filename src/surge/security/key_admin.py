@@ -88,9 +88,7 @@ class KeyAdmin:
     async def revoke(self, key_id: str, actor: str) -> KeyRecord:
         record = await self._existing(key_id)
         now = self.clock()
-        ended = await asyncio.to_thread(
-            self.store.end_key, key_id, revoked_at=now, expires_at=None
-        )
+        ended = await asyncio.to_thread(self.store.end_key, key_id, revoked_at=now, expires_at=None)
         if ended:
             await self._changed(actor, "key_revoke", key_id, f"of {record.tenant}")
         return await self._existing(key_id)

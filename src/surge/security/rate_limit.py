@@ -65,11 +65,12 @@ class Limit:
             object.__setattr__(self, "burst", default_burst(self.rate_per_s))
         elif self.burst < 1:
             raise ValueError(f"limit {self.name}: burst must be at least 1")
+        object.__setattr__(self, "_bucket", f"{self.name}:{self.unit}")
 
     @property
     def bucket(self) -> str:
         """What is counted: one name may have a requests and a rows limit."""
-        return f"{self.name}:{self.unit}"
+        return self._bucket  # type: ignore[attr-defined]  # set once: read per request
 
     @property
     def capacity(self) -> int:
@@ -77,7 +78,9 @@ class Limit:
         return self.burst
 
 
-@dataclass(frozen=True)
+# Made for every checked request: slotted and not frozen, which builds them several
+# times faster (a frozen dataclass sets each field through object.__setattr__).
+@dataclass(slots=True)
 class Standing:
     """Where one limit stands after a check, for the response headers."""
 
@@ -88,7 +91,7 @@ class Standing:
     retry_after_s: float  # until this request would fit here: 0 if it does, inf if never
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RateDecision:
     """The answer to one request's check.
 
@@ -143,9 +146,10 @@ def assess(
     if not entries:
         return UNLIMITED, []
     slack = SLACK_S * per_s
-    starts, ends, waits = [], [], []
+    starts, ends, waits, intervals = [], [], [], []
     for limit, cost, tat in entries:
         t = interval(limit, per_s)
+        intervals.append(t)
         start = now if tat is None or tat < now else tat
         end = start + cost * t
         starts.append(start)
@@ -154,8 +158,7 @@ def assess(
     allowed = all(w <= slack for w in waits)
     after = ends if allowed else starts
     standings = []
-    for (limit, cost, _), tat, wait in zip(entries, after, waits, strict=True):
-        t = interval(limit, per_s)
+    for (limit, cost, _), tat, wait, t in zip(entries, after, waits, intervals, strict=True):
         room = (limit.capacity * t - (tat - now) + slack) / t
         retry = 0.0 if wait <= slack else wait / per_s
         if cost > limit.capacity:
@@ -169,7 +172,9 @@ def assess(
                 retry_after_s=retry,
             )
         )
-    if allowed:
+    if len(standings) == 1:
+        tightest = standings[0]
+    elif allowed:
         tightest = min(standings, key=lambda s: s.remaining / s.limit.capacity)
     else:
         tightest = max(standings, key=lambda s: s.retry_after_s)

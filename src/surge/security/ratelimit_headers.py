@@ -25,6 +25,7 @@ the refusing limit's `t` is the same instant as `Retry-After`, as the draft asks
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from surge.core.errors import SurgeError
 from surge.security.rate_limit import Limit, RateDecision, Standing
@@ -48,16 +49,24 @@ def _whole_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - 1e-9))
 
 
+# On the hot path (every checked answer carries them): a limit's parts of the two fields
+# are the same every time, so they are made once per limit.
+@lru_cache(maxsize=65_536)
 def _policy_member(limit: Limit) -> str:
     quota, window = policy_window(limit)
     unit = ';qu="rows"' if limit.unit == "rows" else ""
     return f"{sf_string(limit.bucket)};q={quota};w={window}{unit};surge-burst={limit.capacity}"
 
 
+@lru_cache(maxsize=65_536)
+def _state_name(limit: Limit) -> str:
+    return sf_string(limit.bucket) + ";r="
+
+
 def _state_member(standing: Standing) -> str:
     wait = standing.retry_after_s
     until = wait if 0 < wait < math.inf else standing.reset_s
-    return f"{sf_string(standing.limit.bucket)};r={standing.remaining};t={_whole_seconds(until)}"
+    return f"{_state_name(standing.limit)}{standing.remaining};t={_whole_seconds(until)}"
 
 
 def retry_after_header(seconds: float) -> str:

@@ -58,36 +58,50 @@ log = logging.getLogger("surge.security")
 
 T = TypeVar("T")
 
+TIMEOUTS_BEFORE_DOWN = 3  # late answers in a row that count as an outage
 DOWN_PING_EVERY_S = 0.25  # calls fail fast while Redis is down, so notice its return soon
 MICROS = 1_000_000
+# Batches of checks on their way to Redis at once: a second one keeps the pipe busy while
+# the first is answered; more would only split the waiting checks into smaller batches.
+MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCH = 256  # checks per script call: bounds one call's time inside Redis
+MAX_PREPARED = 100_000  # limits whose script arguments are kept
 
-# KEYS: one bucket per limit. ARGV: per limit its T and burst x T (microseconds, sent
-# exact from Python so both sides do the same float arithmetic) and the request's cost,
-# then the slack. Returns {1 if admitted, now in microseconds, each stored TAT or ""}.
+# One call decides a batch of requests, each all-or-nothing over its own limits, in order
+# (a later request sees the TATs an earlier one in the batch wrote). KEYS: every request's
+# buckets, one after another. ARGV: the slack, the number of requests, then per request
+# its number of limits and per limit its T and burst x T (microseconds, sent exact from
+# Python so both sides do the same float arithmetic) and the request's cost. Returns
+# {now in microseconds, then each request's stored TATs (or "") as its turn found them}.
 GCRA_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local n = #KEYS
-local slack = tonumber(ARGV[3 * n + 1])
-local stored, ends = {}, {}
-local fits = 1
-for i = 1, n do
-  local t, tol, cost = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
-  local tat = redis.call('GET', KEYS[i])
-  stored[i] = tat or ''
-  local start = now
-  if tat and tonumber(tat) > now then start = tonumber(tat) end
-  ends[i] = start + cost * t
-  if ends[i] - tol - now > slack then fits = 0 end
-end
-if fits == 1 then
-  for i = 1, n do
-    local ttl_ms = math.max(1, math.ceil((ends[i] - now) / 1000))
-    redis.call('SET', KEYS[i], string.format('%.17g', ends[i]), 'PX', ttl_ms)
+local slack = tonumber(ARGV[1])
+local reply = {now}
+local k, a = 1, 3
+for r = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local ends = {}
+  local fits = 1
+  for i = 0, n - 1 do
+    local t, tol, cost = tonumber(ARGV[a+3*i]), tonumber(ARGV[a+3*i+1]), tonumber(ARGV[a+3*i+2])
+    local tat = redis.call('GET', KEYS[k+i])
+    reply[#reply + 1] = tat or ''
+    local start = now
+    if tat and tonumber(tat) > now then start = tonumber(tat) end
+    ends[i] = start + cost * t
+    if ends[i] - tol - now > slack then fits = 0 end
   end
+  if fits == 1 then
+    for i = 0, n - 1 do
+      local ttl_ms = math.max(1, math.ceil((ends[i] - now) / 1000))
+      redis.call('SET', KEYS[k+i], string.format('%.17g', ends[i]), 'PX', ttl_ms)
+    end
+  end
+  k = k + n
+  a = a + 3 * n
 end
-local reply = {fits, now}
-for i = 1, n do reply[i + 2] = stored[i] end
 return reply
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
@@ -123,6 +137,7 @@ class GuardedRedis:
         # concurrent requests is this process being busy, not Redis being down.
         self._slots = asyncio.Semaphore(max_connections)
         self.failures = 0
+        self._timeouts = 0  # late answers in a row
         self.busy = 0  # calls that found no free connection within the timeout
         self._healthy = True
         self._client: Redis | None = None
@@ -186,7 +201,9 @@ class GuardedRedis:
             raise RedisUnavailable(f"{self.what}: no free connection to redis in time") from None
         try:
             async with asyncio.timeout_at(deadline):
-                return await command(client)
+                result = await command(client)
+            self._timeouts = 0
+            return result
         except ResponseError as exc:
             self.failures += 1
             message = redact(str(exc))
@@ -196,6 +213,11 @@ class GuardedRedis:
             raise RedisUnavailable(f"{self.what}: redis refused: {message}") from exc
         except Exception as exc:
             self.failures += 1
+            if isinstance(exc, TimeoutError) and self._timeouts < TIMEOUTS_BEFORE_DOWN - 1:
+                # One late answer is more often this process's own event loop running
+                # behind (a busy machine) than Redis gone: fall back for this call only.
+                self._timeouts += 1
+                raise RedisUnavailable(f"{self.what}: redis answered late") from exc
             self._went_down(_reason(exc, self.timeout_s))
             raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} unreachable") from exc
         finally:
@@ -259,6 +281,10 @@ class RedisLimiter:
             if on_down == "open"
             else "rate-limited requests are refused with 503"
         )
+        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._in_flight = 0
+        self._sending: set[asyncio.Task[None]] = set()
+        self._limit_args: dict[Limit, tuple[str, str, str]] = {}
         self.redis = GuardedRedis(
             url,
             timeout_s=timeout_s,
@@ -277,27 +303,39 @@ class RedisLimiter:
 
     async def stop(self) -> None:
         await self.redis.stop()
+        waiting, self._waiting = self._waiting, []
+        for *_, answer in waiting:
+            if not answer.done():
+                answer.set_exception(RedisUnavailable("rate limits: stopped"))
 
     def key(self, limit: Limit) -> str:
         return f"{self.namespace}:rl:{limit.bucket}"
 
     async def check(self, limits: Sequence[tuple[Limit, float]]) -> RateDecision:
         """Decide a request costing each (limit, cost), consuming only if all allow.
-        Raises SurgeError 503 when Redis cannot answer and `on_down` is "closed"."""
+        Raises SurgeError 503 when Redis cannot answer and `on_down` is "closed".
+
+        Checks that arrive while a batch is on its way to Redis wait for the next one:
+        one script call decides them all (see GCRA_SCRIPT), so under load a request
+        costs a share of a round trip, not a whole one, and an idle server sends each
+        check at once."""
         if not limits:
             return UNLIMITED
         if not self.redis.started:
             await self.start()  # a forgotten start() must not mean a silent fallback
-        keys = [self.key(limit) for limit, _ in limits]
+        keys, args = [], []
+        for limit, cost in limits:
+            key, t, tolerance = self._prepared(limit)
+            keys.append(key)
+            args += [t, tolerance, cost]
         if len(set(keys)) != len(keys):
             raise ValueError(f"a limit is given twice in one check: {keys}")
-        args: list[Any] = []
-        for limit, cost in limits:
-            t = interval(limit, MICROS)
-            args += [repr(t), repr(limit.capacity * t), cost]
-        args.append(repr(SLACK_S * MICROS))
+        answer: asyncio.Future[tuple[float, list[Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, args, answer))
+        if self._in_flight < MAX_BATCHES_IN_FLIGHT:
+            self._send_next()
         try:
-            reply = await self.redis.call(lambda c: _run_script(c, keys, args))
+            now_us, stored = await answer
         except RedisUnavailable:
             if self.on_down == "closed":
                 raise SurgeError(
@@ -308,11 +346,54 @@ class RedisLimiter:
                     retry_after_s=1.0,
                 ) from None
             return dataclasses.replace(self.local.check(limits, self.clock()), degraded=True)
-        now_us = float(reply[1])
-        stored = [float(tat) if tat else None for tat in reply[2:]]
-        entries = [(limit, cost, tat) for (limit, cost), tat in zip(limits, stored, strict=True)]
+        entries = [
+            (limit, cost, float(tat) if tat else None)
+            for (limit, cost), tat in zip(limits, stored, strict=True)
+        ]
         decision, _ = assess(entries, now_us, per_s=MICROS)
         return decision
+
+    def _prepared(self, limit: Limit) -> tuple[str, str, str]:
+        """A limit's key and its T and burst x T as the script reads them (cached)."""
+        found = self._limit_args.get(limit)
+        if found is None:
+            if len(self._limit_args) > MAX_PREPARED:
+                self._limit_args.clear()
+            t = interval(limit, MICROS)
+            found = self._limit_args[limit] = (self.key(limit), repr(t), repr(limit.capacity * t))
+        return found
+
+    def _send_next(self) -> None:
+        batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        self._in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [repr(SLACK_S * MICROS), len(batch)]
+        for request_keys, request_args, _ in batch:
+            keys += request_keys
+            args.append(len(request_keys))
+            args += request_args
+        try:
+            reply = await self.redis.call(lambda c: _run_script(c, keys, args))
+        except RedisUnavailable as exc:
+            for *_, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+        else:
+            now_us, at = float(reply[0]), 1
+            for request_keys, _, answer in batch:
+                n = len(request_keys)
+                if not answer.done():  # its request may have been cancelled meanwhile
+                    answer.set_result((now_us, reply[at : at + n]))
+                at += n
+        finally:
+            self._in_flight -= 1
+            if self._waiting and self._in_flight < MAX_BATCHES_IN_FLIGHT:
+                self._send_next()
 
 
 async def _run_script(client: Redis, keys: list[str], args: list[Any]) -> list[Any]:
