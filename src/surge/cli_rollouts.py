@@ -16,7 +16,10 @@ from surge.config import admin_key_from_env
 def common(parser: argparse.ArgumentParser) -> None:
     """The options of every command that calls a running server's admin API."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server")
-    parser.add_argument("--admin-key", help="admin key (default: SURGE_ADMIN_KEY)")
+    parser.add_argument(
+        "--admin-key",
+        help="admin key (default: SURGE_ADMIN_KEY, which is better: a flag shows in ps)",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 

@@ -178,25 +178,12 @@ def test_no_operation_fails_the_server_or_its_document(fuzz_server, client_key):
     assert httpx.get(f"{fuzz_server.url}/v2/health/ready", timeout=5).status_code == 200
 
 
-# 500s the fuzzer (and a follow-up by hand) found in code this test does not own: each
-# reproduces here until it is fixed, when the strict xfail turns red as the reminder to
-# drop its line.
+# 500s the fuzzer (and a follow-up by hand) found in the admin API, fixed: each stays here.
 KNOWN_500 = [
-    pytest.param(
-        "POST",
-        "/admin/review/9223372036854775808",
-        marks=pytest.mark.xfail(strict=True, reason="admin.label_review: id past SQLite INTEGER"),
-    ),
-    pytest.param(
-        "POST",
-        "/admin/review/%C2%B2",
-        marks=pytest.mark.xfail(strict=True, reason="admin.label_review: '²'.isdigit()"),
-    ),
-    pytest.param(
-        "GET",
-        "/admin/history?limit=%C2%B2",
-        marks=pytest.mark.xfail(strict=True, reason="admin._limit: '²'.isdigit()"),
-    ),
+    ("POST", "/admin/review/9223372036854775808"),  # past a database row id
+    ("POST", "/admin/review/%C2%B2"),  # '²'.isdigit() is true, int('²') fails
+    ("GET", "/admin/history?limit=%C2%B2"),
+    ("GET", "/admin/review?limit=%E2%91%A0"),
 ]
 
 

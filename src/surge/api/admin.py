@@ -28,6 +28,7 @@ from surge.serving.rollouts import DEPLOY_MODES, Rollouts
 from surge.serving.routes import FallbackRoute
 
 MAX_ADMIN_BODY_BYTES = 64 << 10
+MAX_ROW_ID = 2**63 - 1  # the largest id SQLite and PostgreSQL (BIGINT) rows can have
 AB_KEY = re.compile(AB_KEY_PATTERN)
 
 
@@ -253,8 +254,9 @@ async def label_review(request: Request) -> Response:
     state, actor = _authorized(request)
     assert state.store is not None
     raw_id = request.path_params["item"]
-    if not raw_id.isdigit():
-        raise bad_input(f"review item ids are whole numbers, got {raw_id!r}")
+    # ASCII digits only ("²".isdigit() is true), and no more than a database row id holds.
+    if not (raw_id.isascii() and raw_id.isdigit()) or int(raw_id) > MAX_ROW_ID:
+        raise SurgeError("review_item_not_found", f"no review item {raw_id[:40]!r}", 404)
     doc = await _body(request)
     if "label" not in doc or doc["label"] is None:
         raise bad_input("'label' is required: the correct answer for this item")
@@ -305,7 +307,7 @@ async def routes(request: Request) -> Response:
 
 def _limit(query: Any) -> int:
     raw = query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10_000:
         raise bad_input(f"'limit' must be a whole number in 1..10000, got {raw!r}")
     return int(raw)
 

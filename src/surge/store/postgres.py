@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 
@@ -70,8 +71,9 @@ class PostgresRegistryStore(SqlRegistryStore):
         try:
             conn = psycopg.connect(self.url, autocommit=True, **options)
         except psycopg.ProgrammingError as exc:  # the URL itself does not parse
+            why = _without_password(exc, self.url)
             raise SurgeError(
-                "bad_config", f"registry_url {redact(self.url)!r} is not valid: {exc}", 500
+                "bad_config", f"registry_url {redact(self.url)!r} is not valid: {why}", 500
             ) from exc
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
@@ -128,3 +130,13 @@ class PostgresRegistryStore(SqlRegistryStore):
 
     def _lost(self) -> bool:
         return bool(self._conn.closed or self._conn.broken)
+
+
+def _without_password(exc: Exception, url: str) -> str:
+    """libpq quotes the part of a URL it could not parse, which may be the password."""
+    text = str(exc)
+    password = urlsplit(url).password
+    if password:
+        for form in {password, unquote(password)}:
+            text = text.replace(form, "***")
+    return text
