@@ -22,10 +22,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--scope",
         action="append",
-        dest="scopes",
         help="infer (every endpoint), infer:<endpoint>, feedback, receipts:read, metrics, "
         "gateway (may set X-Tenant / X-Priority), admin; repeat for several (default: infer)",
     )
+    create.add_argument("--scopes", help="the same, comma-separated: infer,feedback")
     create.add_argument("--expires-in", metavar="DURATION", help="e.g. 90d, 12h, 3600s")
     create.add_argument("--rps", type=float, help="requests per second for this key")
     create.add_argument("--burst", type=int, help="requests at once (with --rps)")
@@ -59,8 +59,9 @@ def seconds(raw: str) -> float:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    scopes = [*(args.scope or []), *(s for s in (args.scopes or "").split(",") if s)]
     body: dict[str, Any] = {"tenant": args.tenant, "name": args.name,
-                            "scopes": args.scopes or ["infer"]}  # fmt: skip
+                            "scopes": scopes or ["infer"]}  # fmt: skip
     if args.expires_in:
         body["expires_in_s"] = seconds(args.expires_in)
     limits = {"requests_per_s": args.rps, "requests_burst": args.burst,

@@ -57,6 +57,7 @@ def _config(repo: Path, receipts_url: str) -> dict:
             "timeboxed": {"ladder": {"rungs": ["slow", "small"]}},
         },
         "observability": {"receipts": {"url": receipts_url, "flush_interval_s": 0.05}},
+        "tenants": {"acme": {}},  # cost series label only the tenants the config names
     }  # fmt: skip
 
 

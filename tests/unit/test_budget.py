@@ -76,7 +76,8 @@ def test_a_tenant_past_its_hourly_budget_is_refused_until_the_hour_turns(caplog)
     error = caught.value
     assert (error.code, error.status) == ("budget_exhausted", 429)
     assert error.message == (
-        "tenant acme spent 5.02 of its 5.00 hourly budget; resets at 2025-06-15T14:00:00Z"
+        "budget_exhausted: tenant acme spent 5.02 of its 5.00 hourly budget; "
+        "resets at 2025-06-15T14:00:00Z"
     )
     assert error.retry_after_s == pytest.approx(1800 - 4)
     warnings = [r.getMessage() for r in caplog.records]

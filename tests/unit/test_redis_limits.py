@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from surge.cluster.guarded_redis import TIMEOUTS_BEFORE_DOWN
 from surge.core.errors import SurgeError
 from surge.security import redis_limits
 from surge.security.rate_limit import Limit, LocalLimiter, assess
-from surge.security.redis_limits import GCRA_SHA, TIMEOUTS_BEFORE_DOWN, RedisLimiter
+from surge.security.redis_limits import GCRA_SHA, RedisLimiter
 
 REDIS_SERVER = "/usr/bin/redis-server"
 TIMEOUT_S = 0.5  # the limiters' timeout: generous, a 2-core machine is shared

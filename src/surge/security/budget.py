@@ -42,10 +42,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from surge.cluster.guarded_redis import GuardedRedis
 from surge.cluster.redis_link import RedisUnavailable
 from surge.config_security import BudgetConfig
 from surge.core.errors import SurgeError
-from surge.security.redis_limits import GuardedRedis
 
 log = logging.getLogger("surge.security")
 
@@ -118,7 +118,8 @@ def budget_error(tenant: str, check: BudgetCheck, now_unix: float) -> SurgeError
     assert check.window is not None and check.limit is not None and check.reset_at is not None
     return SurgeError(
         "budget_exhausted",
-        f"tenant {tenant} spent {check.spent:.2f} of its {check.limit:.2f} "
+        # The code leads the message too: the v2 error shape carries only the message.
+        f"budget_exhausted: tenant {tenant} spent {check.spent:.2f} of its {check.limit:.2f} "
         f"{WINDOW_WORD[check.window]} budget; resets at {iso(check.reset_at)}",
         429,
         retry_after_s=max(1.0, check.reset_at - now_unix),

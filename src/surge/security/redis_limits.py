@@ -24,22 +24,22 @@ it starts and once when it ends; while it lasts, checks do not wait on Redis at 
 (a blackholed Redis would otherwise add the timeout to every request) and a background
 ping finds out when it is back. At most `max_connections` checks talk to Redis at once;
 the others queue for a connection within the same timeout, so a burst of requests is
-not mistaken for an outage. `GuardedRedis` is that connection discipline on its own,
-shared with the budgets (budget.py).
+not mistaken for an outage. `GuardedRedis` (cluster/guarded_redis.py) is that connection
+discipline on its own, shared with the budgets (budget.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from surge.cluster.redis_link import RedisUnavailable, redact
+from surge.cluster.guarded_redis import GuardedRedis
+from surge.cluster.redis_link import RedisUnavailable
 from surge.core.errors import SurgeError
 from surge.security.rate_limit import (
     SLACK_S,
@@ -58,8 +58,6 @@ log = logging.getLogger("surge.security")
 
 T = TypeVar("T")
 
-TIMEOUTS_BEFORE_DOWN = 3  # late answers in a row that count as an outage
-DOWN_PING_EVERY_S = 0.25  # calls fail fast while Redis is down, so notice its return soon
 MICROS = 1_000_000
 # Batches of checks on their way to Redis at once. One: the checks that arrive while it
 # is out all go in the next, so under load a batch holds about as many checks as there
@@ -112,155 +110,6 @@ end
 return reply
 """
 GCRA_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
-
-
-def _reason(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    return redact(str(exc)) or type(exc).__name__
-
-
-class GuardedRedis:
-    """A Redis client whose every call is bounded by `timeout_s`, fails at once while
-    Redis is known to be down, and reports an outage once (start and end) under `what`.
-    Calls raise `RedisUnavailable`; a refusal (an error reply) leaves it healthy."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout_s: float,
-        what: str,
-        on_down_note: str,
-        max_connections: int = 64,
-    ) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        self.url, self.safe_url = url, redact(url)
-        self.timeout_s = timeout_s
-        self.what, self.on_down_note = what, on_down_note
-        self.max_connections = max_connections
-        # Calls wait here for a connection rather than fail in the pool: a burst of
-        # concurrent requests is this process being busy, not Redis being down.
-        self._slots = asyncio.Semaphore(max_connections)
-        self.failures = 0
-        self._timeouts = 0  # late answers in a row
-        self.busy = 0  # calls that found no free connection within the timeout
-        self._healthy = True
-        self._client: Redis | None = None
-        self._pinger: asyncio.Task[None] | None = None
-        self._refusals_logged: set[str] = set()
-
-    @property
-    def healthy(self) -> bool:
-        return self._client is not None and self._healthy
-
-    @property
-    def started(self) -> bool:
-        return self._client is not None
-
-    async def start(self) -> None:
-        """Connect; a Redis that is down does not make this raise (calls fall back)."""
-        if self._client is not None:
-            return
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        try:
-            # No retries inside redis-py: they would hold a request for seconds.
-            self._client = Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=self.max_connections,
-            )
-        except ValueError as exc:
-            raise ValueError(f"redis_url {self.safe_url!r} is not valid: {exc}") from None
-        with contextlib.suppress(RedisUnavailable):
-            await self.call(lambda c: c.ping())
-
-    async def stop(self) -> None:
-        pinger, self._pinger = self._pinger, None
-        if pinger is not None:
-            pinger.cancel()
-            await asyncio.wait([pinger])
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-        self._healthy = True
-
-    async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
-        from redis.exceptions import ResponseError
-
-        client = self._client
-        if client is None:
-            raise RedisUnavailable(f"{self.what}: the link to redis is not started")
-        if not self._healthy:
-            raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} is down")
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            self.busy += 1
-            raise RedisUnavailable(f"{self.what}: no free connection to redis in time") from None
-        try:
-            async with asyncio.timeout_at(deadline):
-                result = await command(client)
-            self._timeouts = 0
-            return result
-        except ResponseError as exc:
-            self.failures += 1
-            message = redact(str(exc))
-            if message not in self._refusals_logged and len(self._refusals_logged) < 100:
-                self._refusals_logged.add(message)
-                log.warning("%s: redis at %s refused: %s", self.what, self.safe_url, message)
-            raise RedisUnavailable(f"{self.what}: redis refused: {message}") from exc
-        except Exception as exc:
-            self.failures += 1
-            if isinstance(exc, TimeoutError) and self._timeouts < TIMEOUTS_BEFORE_DOWN - 1:
-                # One late answer is more often this process's own event loop running
-                # behind (a busy machine) than Redis gone: fall back for this call only.
-                self._timeouts += 1
-                raise RedisUnavailable(f"{self.what}: redis answered late") from exc
-            self._went_down(_reason(exc, self.timeout_s))
-            raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} unreachable") from exc
-        finally:
-            self._slots.release()
-
-    def _went_down(self, reason: str) -> None:
-        if not self._healthy:
-            return
-        self._healthy = False
-        log.warning(
-            "%s: redis at %s unreachable (%s); %s until it answers again",
-            *(self.what, self.safe_url, reason, self.on_down_note),
-        )
-        self._pinger = asyncio.get_running_loop().create_task(
-            self._ping_until_up(), name=f"{self.what}: redis ping"
-        )
-
-    async def _ping_until_up(self) -> None:
-        client = self._client
-        if client is not None:
-            # Every pooled connection may be dead (a restarted server closed them all):
-            # used after the return, each would fail once and start a new "outage".
-            with contextlib.suppress(Exception):
-                await client.connection_pool.disconnect()
-        while True:
-            await asyncio.sleep(DOWN_PING_EVERY_S)
-            client = self._client
-            if client is None:
-                return
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.timeout_s):
-                    await client.ping()
-                self._healthy = True
-                self._pinger = None
-                log.info("%s: redis at %s reachable again", self.what, self.safe_url)
-                return
 
 
 class RedisLimiter:
