@@ -147,7 +147,12 @@ async def embeddings(exchange: Exchange) -> Answer:
     ctx.stamp("validated", monotonic())
     await admit_quota(exchange, len(texts))
     params = {"user": parsed.user} if parsed.user else None
-    hints = Hints(exchange.scope["headers"], params, parsed.body_bytes)
+    hints = Hints(
+        exchange.scope["headers"],
+        params,
+        parsed.body_bytes,
+        decided=exchange.scope["surge.headers"],
+    )
     served = await target.infer(ctx, tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment

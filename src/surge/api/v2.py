@@ -101,7 +101,13 @@ async def infer(exchange: Exchange) -> Answer:
     )
     ctx.stamp("validated", monotonic())
     await admit_quota(exchange, rows_of(parsed.tensors))
-    hints = Hints(exchange.scope["headers"], parsed.parameters, len(body), version)
+    hints = Hints(
+        exchange.scope["headers"],
+        parsed.parameters,
+        len(body),
+        version,
+        decided=exchange.scope["surge.headers"],
+    )
     served = await target.infer(ctx, parsed.tensors, hints)
     ctx.stamp("post_routed", monotonic())
     deployment = served.deployment

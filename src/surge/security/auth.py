@@ -5,10 +5,10 @@ request: it finds the key (`Authorization: Bearer <key>` or `X-Api-Key`), checks
 against the key ring, and decides the request's tenant and priority. Only a key with the
 `gateway` scope (a trusted gateway that authenticated its own users) may set them with
 `X-Tenant` and `X-Priority`; any other key's requests get its tenant, and the priority
-of the key or else of its tenant. The decision is written back over the request's
-headers (both the collected ones and the raw list), so every later reader (rules and
-bandit routes, receipts, burst-mode shedding) sees the decided identity, never what an
-untrusted client sent, and nothing downstream sees the key.
+of the key or else of its tenant. The decision is written over the headers collected
+on arrival, which every later reader uses (rules and bandit routes through `Hints`,
+receipts, burst-mode shedding): they see the decided identity, never what an untrusted
+client sent, and nothing downstream sees the key.
 
 Without `auth.required`, a call without a key is anonymous: it may infer, and (unless
 `auth.anonymous_identity_headers` is off) its own X-Tenant and X-Priority are taken as
@@ -34,7 +34,6 @@ from surge.store.keys import KeyRecord
 _TENANT = re.compile(TENANT_PATTERN)
 IDENTITY_HEADERS = (b"x-tenant", b"x-priority")
 CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
-_REWRITTEN = frozenset((*IDENTITY_HEADERS, *CREDENTIAL_HEADERS))
 BEARER = {"WWW-Authenticate": 'Bearer realm="surge"'}
 
 
@@ -179,17 +178,14 @@ def _checked_tenant(raw: str | None) -> str | None:
 
 
 def _rewrite(scope: dict, principal: Principal) -> None:
-    """Put the decided tenant and priority where every later reader looks, and take the
-    key out of sight of everything downstream."""
+    """Put the decided tenant and priority where every later reader looks (the headers
+    collected on arrival; `Hints` reads them there too, not from the raw list), and take
+    the key out of sight of everything downstream."""
     headers: dict[bytes, str] = scope["surge.headers"]
-    for name in (*IDENTITY_HEADERS, *CREDENTIAL_HEADERS):
+    for name in CREDENTIAL_HEADERS:
         headers.pop(name, None)
-    # ASGI servers hand header names over lower-cased (the ASGI spec requires it).
-    raw = [(k, v) for k, v in scope["headers"] if k not in _REWRITTEN]
-    priority = str(principal.priority).encode("latin-1")
-    raw.append((b"x-priority", priority))
     headers[b"x-priority"] = str(principal.priority)
     if principal.tenant is not None:
-        raw.append((b"x-tenant", principal.tenant.encode("latin-1")))
         headers[b"x-tenant"] = principal.tenant
-    scope["headers"] = raw
+    else:
+        headers.pop(b"x-tenant", None)

@@ -148,30 +148,25 @@ def assess(
     slack = SLACK_S * per_s
     starts, ends, waits, intervals = [], [], [], []
     for limit, cost, tat in entries:
-        t = interval(limit, per_s)
+        t = per_s / limit.rate_per_s  # interval(limit, per_s), inlined: once per request
         intervals.append(t)
         start = now if tat is None or tat < now else tat
         end = start + cost * t
         starts.append(start)
         ends.append(end)
-        waits.append(end - limit.capacity * t - now)
+        waits.append(end - limit.burst * t - now)  # type: ignore[operator]
     allowed = all(w <= slack for w in waits)
     after = ends if allowed else starts
     standings = []
     for (limit, cost, _), tat, wait, t in zip(entries, after, waits, intervals, strict=True):
-        room = (limit.capacity * t - (tat - now) + slack) / t
+        capacity: int = limit.burst  # type: ignore[assignment]
+        room = (capacity * t - (tat - now) + slack) / t
         retry = 0.0 if wait <= slack else wait / per_s
-        if cost > limit.capacity:
+        if cost > capacity:
             retry = math.inf  # even a full bucket cannot take it
-        standings.append(
-            Standing(
-                limit=limit,
-                cost=cost,
-                remaining=min(limit.capacity, max(0, math.floor(room))),
-                reset_s=max(0.0, (tat - now) / per_s),
-                retry_after_s=retry,
-            )
-        )
+        remaining = min(capacity, max(0, math.floor(room)))
+        # Positional: built for every checked request, and keywords cost more.
+        standings.append(Standing(limit, cost, remaining, max(0.0, (tat - now) / per_s), retry))
     if len(standings) == 1:
         tightest = standings[0]
     elif allowed:
@@ -179,12 +174,12 @@ def assess(
     else:
         tightest = max(standings, key=lambda s: s.retry_after_s)
     decision = RateDecision(
-        allowed=allowed,
-        retry_after_s=0.0 if allowed else tightest.retry_after_s,
-        remaining=tightest.remaining,
-        reset_s=tightest.reset_s,
-        limit=tightest.limit,
-        standings=tuple(standings),
+        allowed,
+        0.0 if allowed else tightest.retry_after_s,
+        tightest.remaining,
+        tightest.reset_s,
+        tightest.limit,
+        tuple(standings),
     )
     return decision, after
 
@@ -216,7 +211,7 @@ class LocalLimiter:
         """Decide a request costing each (limit, cost), consuming only if all allow.
         `now` is seconds on any clock that only moves forward (time.monotonic())."""
         buckets = [limit.bucket for limit, _ in limits]
-        if len(set(buckets)) != len(buckets):
+        if len(buckets) > 1 and len(set(buckets)) != len(buckets):
             raise ValueError(f"a limit is given twice in one check: {buckets}")
         entries = [
             (limit, cost, self._tats.get(bucket))

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from surge.serving.deployment import Deployment
 
 DEFAULT_PRIORITY = 1  # best-effort traffic sends X-Priority: 0 and is shed first
+# Headers whose value authentication decides (the tenant and priority) or hides (the key).
+DECIDED = frozenset({b"x-tenant", b"x-priority", b"authorization", b"x-api-key"})
 
 
 @dataclass(slots=True, eq=False)
@@ -43,11 +45,17 @@ class Hints:
     parameters: Mapping[str, Any] | None = None  # v2 `parameters`; OpenAI `user`
     body_bytes: int = 0
     version: str | None = None  # a pinned version (v2 `/versions/{v}`): endpoints only
+    # The headers collected on arrival, after authentication decided the request's
+    # tenant and priority and took its key out (security/auth.py): what `DECIDED`
+    # headers say is read from here, never from what the client sent.
+    decided: Mapping[bytes, str] | None = None
     _facts: RequestFacts | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
         wanted = name.lower().encode("latin-1")
+        if self.decided is not None and wanted in DECIDED:
+            return self.decided.get(wanted)
         for key, value in self.raw_headers:
             if key.lower() == wanted:
                 return value.decode("latin-1")
@@ -67,6 +75,12 @@ class Hints:
             headers = {
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers
             }
+            if self.decided is not None:
+                for name in DECIDED:
+                    text = name.decode("latin-1")
+                    headers.pop(text, None)
+                    if name in self.decided:
+                        headers[text] = self.decided[name]
             self._facts = RequestFacts(
                 headers=headers,
                 tenant=headers.get("x-tenant"),
