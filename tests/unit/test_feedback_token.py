@@ -24,6 +24,7 @@ from surge.cluster.pending import PendingFeedback, RedisPending, RegistryPending
 from surge.config_routes import BanditConfig
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
+from surge.security.auth import Principal
 from surge.serving.bandit_route import BanditRoute, feedback_token, token_matches
 from surge.store import open_store
 
@@ -139,16 +140,8 @@ def test_the_operator_can_set_the_secret(monkeypatch):
 # -- who may rate --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Principal:
-    """A stand-in for the client-key principal the auth middleware puts on the scope."""
-
-    key_id: str | None
-    tenant: str | None
-    scopes: frozenset[str]
-
-    def allows(self, scope: str, endpoint: str | None = None) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+def principal(key_id: str | None, tenant: str | None, scopes: set[str]) -> Principal:
+    return Principal(key_id, tenant, frozenset(scopes), 1)
 
 
 def routes_with_secret() -> dict[str, Any]:
@@ -165,11 +158,11 @@ def routes_with_secret() -> dict[str, Any]:
         (feedback_token(SECRET, "req-9", "acme", "large"), None, False),  # another request
         (feedback_token(b"guess", "req-1", "acme", "large"), None, False),
         (None, None, False),
-        (None, Principal(None, None, frozenset({"infer", "feedback"})), False),  # anonymous
-        (None, Principal("k1", "acme", frozenset({"feedback"})), True),
-        (None, Principal("k1", "globex", frozenset({"feedback"})), False),  # other tenant
-        (None, Principal("k1", "acme", frozenset({"infer"})), False),  # no feedback scope
-        ("wrong", Principal("k1", "acme", frozenset({"feedback"})), True),  # the key suffices
+        (None, principal(None, None, {"infer", "feedback"}), False),  # anonymous
+        (None, principal("k1", "acme", {"feedback"}), True),
+        (None, principal("k1", "globex", {"feedback"}), False),  # other tenant
+        (None, principal("k1", "acme", {"infer"}), False),  # no feedback scope
+        ("wrong", principal("k1", "acme", {"feedback"}), True),  # the key suffices
     ],
 )
 def test_feedback_is_taken_with_the_answers_token_or_a_feedback_key_of_its_tenant(
@@ -186,10 +179,10 @@ def test_feedback_is_taken_with_the_answers_token_or_a_feedback_key_of_its_tenan
 
 
 def test_no_key_rates_an_answer_that_had_no_tenant():
-    principal = Principal("k1", None, frozenset({"feedback"}))
-    assert key_may_rate(principal)  # it could rate its tenant's answers ...
+    key = principal("k1", None, {"feedback"})
+    assert key_may_rate(key)  # it could rate its tenant's answers ...
     with pytest.raises(SurgeError):  # ... but an answer without a tenant is nobody's
-        proof_check(routes_with_secret(), "req-1", None, principal)(("learner", "", "large", None))
+        proof_check(routes_with_secret(), "req-1", None, key)(("learner", "", "large", None))
 
 
 # -- a refused proof does not use the answer up ---------------------------------------------

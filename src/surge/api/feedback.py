@@ -22,26 +22,28 @@ from surge.api.http import read_body
 from surge.api.state import ServerState
 from surge.cluster.pending import Check, Entry
 from surge.core.errors import SurgeError, bad_input
+from surge.security.auth import Principal
 from surge.serving.bandit_route import BanditRoute
 
 MAX_FEEDBACK_BYTES = 4096
 FEEDBACK_SCOPE = "feedback"
 
 
-def key_may_rate(principal: Any, route: str | None = None, tenant: str | None = None) -> bool:
+def key_may_rate(
+    principal: Principal | None, route: str | None = None, tenant: str | None = None
+) -> bool:
     """Whether the caller's key may rate answers without their token: it has the
     `feedback` scope and (given `tenant`) belongs to the answer's tenant. Anonymous
     callers never may. Without `tenant`: whether the key could rate any answer."""
-    if principal is None or getattr(principal, "key_id", None) is None:
+    if principal is None or principal.key_id is None:
         return False
-    allows = getattr(principal, "allows", None)
-    if not callable(allows) or not allows(FEEDBACK_SCOPE, route):
+    if not principal.allows(FEEDBACK_SCOPE, route):
         return False
-    return tenant is None or getattr(principal, "tenant", None) == tenant
+    return tenant is None or principal.tenant == tenant
 
 
 def proof_check(
-    routes: dict[str, Any], request_id: str, token: str | None, principal: Any
+    routes: dict[str, Any], request_id: str, token: str | None, principal: Principal | None
 ) -> Check:
     """The check a pending entry must pass before the feedback may take it."""
 
