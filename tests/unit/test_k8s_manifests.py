@@ -187,7 +187,12 @@ def test_the_configmap_and_secret_the_deployment_names_exist() -> None:
 def test_the_autoscaler_targets_the_gateway_deployment() -> None:
     target = one("ScaledObject")["spec"]["scaleTargetRef"]
     assert target.get("kind", "Deployment") == "Deployment"
-    assert target["name"] == one("Deployment")["metadata"]["name"]
+    deployment = one("Deployment")
+    assert target["name"] == deployment["metadata"]["name"]
+    # A count written in the Deployment would be re-applied over the autoscaler's.
+    assert "replicas" not in deployment["spec"]
+    scaled = one("ScaledObject")["spec"]
+    assert 2 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"], "one pod cannot drain"
 
 
 def test_the_ray_cluster_autoscales_a_worker_group_from_the_gateway_image() -> None:
