@@ -216,7 +216,8 @@ class Config(Strict):
     registry_url: str = Field(
         "sqlite:///.surge/registry.db",
         description="where versions, routes, rollout progress and the audit log persist: "
-        "sqlite:///<path> (relative to the config file) or postgresql://...",
+        "sqlite:///<path> (relative to the config file) or postgresql://...; "
+        "SURGE_REGISTRY_URL in the environment replaces it",
     )
     registry_namespace: str = Field(
         "surge",
@@ -227,7 +228,8 @@ class Config(Strict):
     redis_url: str | None = Field(
         None,
         description="redis://[:password@]host:port/db: the processes' shared fast state "
-        "(route change notifications, pending feedback); without it they poll the registry",
+        "(route change notifications, pending feedback, rate limits, budgets); without it "
+        "they poll the registry; SURGE_REDIS_URL in the environment replaces it",
     )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -319,7 +321,19 @@ def load_config(path: Path | None = None) -> Config:
         if receipts.url:
             receipts.url = _relative_sqlite(receipts.url, source.parent)
     _add_env_admin_key(config)
+    _urls_from_env(config)
     return config
+
+
+def _urls_from_env(config: Config) -> None:
+    """SURGE_REGISTRY_URL and SURGE_REDIS_URL replace the file's URLs: a password then
+    lives in the environment (a Kubernetes Secret), not in the config file."""
+    registry = os.environ.get("SURGE_REGISTRY_URL")
+    if registry:
+        config.registry_url = registry
+    redis = os.environ.get("SURGE_REDIS_URL")
+    if redis:
+        config.redis_url = redis
 
 
 def _relative_sqlite(url: str, base: Path) -> str:

@@ -117,3 +117,20 @@ endpoints:
     assert (plan["b"].replicas, plan["b"].threads_per_replica) == (1, 4)
     assert "4 core(s) per worker" in lines[0]
     assert not any("oversubscribed" in line for line in lines)
+
+
+def test_urls_with_passwords_can_come_from_the_environment(tmp_path, monkeypatch):
+    path = write(tmp_path, "registry_url: sqlite:///r.db\nredis_url: redis://127.0.0.1:6379/0\n")
+    monkeypatch.setenv("SURGE_REGISTRY_URL", "postgresql://surge:s3cret@db:5432/surge")
+    monkeypatch.setenv("SURGE_REDIS_URL", "redis://:s3cret@cache:6379/0")
+    config = load_config(path)
+    assert config.registry_url == "postgresql://surge:s3cret@db:5432/surge"
+    assert config.redis_url == "redis://:s3cret@cache:6379/0"
+
+
+def test_tenants_with_budgets_need_receipts_and_plain_names(tmp_path):
+    with pytest.raises(ConfigError, match="receipts"):
+        load_config(write(tmp_path, "tenants: {acme: {budget: {per_hour: 1}}}\n"
+                                    "observability: {receipts: {enabled: false}}\n"))  # fmt: skip
+    with pytest.raises(ConfigError, match="tenant names"):
+        load_config(write(tmp_path, "tenants: {'a/b': {}}\n"))
