@@ -27,6 +27,7 @@ from pydantic import (
 
 from surge.config_cluster import ClusterConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
+from surge.config_placement import PlacementConfig
 from surge.config_routes import RouteConfig
 from surge.config_security import AuthConfig, LimitsConfig, TenantConfig, check_tenant_names
 from surge.repository import name_problem
@@ -158,6 +159,11 @@ class EndpointConfig(Strict):
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )
     cost: CostConfig = Field(default_factory=CostConfig)
+    placement: PlacementConfig = Field(
+        default_factory=PlacementConfig,
+        description="where replicas run besides the local ones: local (default) or "
+        "{ray: {address, num_cpus, num_gpus, replicas, max_restarts}} (config_placement.py)",
+    )
 
     @field_validator("model", "version")
     @classmethod

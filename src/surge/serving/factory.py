@@ -83,6 +83,12 @@ class DeploymentFactory:
             spec = replace(spec, compute_nice=min(19, nice + SHADOW_EXTRA_NICE))
             # Shadow refusals are not the endpoint's refusals: they get metrics of their own.
             return Deployment(spec, EndpointMetrics(f"{endpoint}@shadow"), watch=watch, shadow=True)
+        if (ray_placement := cfg.placement.ray) is not None:
+            # Imported here: a server with no endpoint on Ray never imports Ray.
+            from surge.serving.ray_replica import RayDeployment
+
+            metrics = self.metrics.for_endpoint(endpoint)
+            return RayDeployment(spec, metrics, watch=watch, placement=ray_placement)
         return Deployment(spec, self.metrics.for_endpoint(endpoint), watch=watch)
 
 

@@ -1,0 +1,302 @@
+"""Replicas as Ray actors, beside the local ones, behind the same batcher.
+
+The gateway keeps admission, deadlines and batching; a `RayReplica` is what the
+batcher sees of an actor: the same `execute` on a one-thread executor as a local
+`Replica`, which sends the batch's numpy tensors through Ray's object store and waits
+for the answer (the thread waits, not the event loop). `RayDeployment` adds the
+actors to a `Deployment` and owns their failures: a batch whose actor or node died is
+queued again for the next free replica while its requests' deadlines allow (else 503),
+and the replica is counted out until a health call to it answers again (Ray restarts
+the actor up to `max_restarts`).
+
+Ray is imported here only, and this module only when an endpoint is placed on Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import ray
+import ray.exceptions as rex
+
+from surge.config_placement import RayPlacement
+from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
+from surge.serving.admission import QueueState
+from surge.serving.batcher import QueuedRequest
+from surge.serving.deployment import Deployment, Pending
+from surge.serving.ray_actor import ReplicaActor
+from surge.serving.replica import BatchResult, concat
+
+log = logging.getLogger("surge.ray")
+
+# What Ray raises when the actor or its node is gone (not when the model failed).
+_LOST = (
+    rex.RayActorError,
+    rex.ActorUnavailableError,
+    rex.WorkerCrashedError,
+    rex.NodeDiedError,
+    rex.ObjectLostError,
+    rex.OwnerDiedError,
+    rex.LocalRayletDiedError,
+)
+# A batch slower than its deadline by this much means the actor is stuck, not busy.
+_STUCK_GRACE_S = 2.0
+_connect_lock = threading.Lock()
+
+
+class ReplicaLost(Exception):
+    """The replica could not run the batch (actor or node gone, or stuck)."""
+
+
+def connect(placement: RayPlacement) -> None:
+    """Join the configured cluster once per process (blocking: call it off the loop)."""
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        if placement.address is None:
+            # A private single-host Ray: no dashboard (a web server nobody asked for).
+            ray.init(namespace=placement.namespace, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=placement.address, namespace=placement.namespace, log_to_driver=False)
+
+
+def _wait_healthy(handle: Any, timeout_s: float) -> None:
+    ray.get(handle.health.remote(), timeout=timeout_s)
+
+
+class RayReplica:
+    """One actor as the batcher sees a replica."""
+
+    placement = "ray"
+
+    def __init__(
+        self,
+        name: str,
+        handle: Any,
+        summarize: Callable[[Tensors, Tensors], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.handle = handle
+        self.summarize = summarize
+        self.meter = None  # the actor's node is not this host: no energy reading here
+        self.busy_s = 0.0
+        self.ready = False
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def execute(
+        self,
+        parts: list[Tensors],
+        outbound_headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> BatchResult:
+        began = time.monotonic()
+        inputs = concat(parts)
+        remaining = None if deadline is None else max(0.0, deadline - began)
+        ref = self.handle.run.remote(inputs, outbound_headers, remaining)
+        try:
+            outputs, compute_s = ray.get(
+                ref, timeout=None if remaining is None else remaining + _STUCK_GRACE_S
+            )
+        except rex.GetTimeoutError as exc:
+            raise ReplicaLost(f"{self.name} did not answer within the deadline") from exc
+        except _LOST as exc:
+            raise ReplicaLost(f"{self.name} is gone: {type(exc).__name__}") from exc
+        except rex.RayTaskError as exc:  # the runtime raised: the model's error, as is
+            cause = exc.cause
+            raise cause if isinstance(cause, Exception) else exc from None
+        end = time.monotonic()
+        busy = end - began
+        self.busy_s += busy
+        summary = self.summarize(inputs, outputs) if self.summarize is not None else None
+        # The actor's clock is another host's: the compute stage is placed to end at the
+        # answer's arrival, so Server-Timing's compute is the runtime's own seconds.
+        return BatchResult(outputs, end - compute_s, end, busy, None, summary)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            ray.kill(self.handle, no_restart=True)
+        except Exception:  # already gone, or Ray shut down first: nothing left to stop
+            log.debug("actor %s was already gone", self.name)
+
+
+class RayDeployment(Deployment):
+    """A deployment whose replicas are its local ones plus `placement.replicas` actors."""
+
+    def __init__(self, *args: Any, placement: RayPlacement, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.placement = placement
+        self._out: set[RayReplica] = set()
+        self._probes: set[asyncio.Task[None]] = set()
+
+    @property
+    def ray_replicas(self) -> list[RayReplica]:
+        return [r for r in self.replicas if isinstance(r, RayReplica)]
+
+    async def start(self) -> None:
+        await asyncio.to_thread(connect, self.placement)
+        # The actors load while the local replicas do.
+        actors = self._create_actors()
+        await super().start()
+        loop = asyncio.get_running_loop()
+        timeout = self.placement.start_timeout_s
+        waits = [
+            loop.run_in_executor(r.executor, _wait_healthy, r.handle, timeout) for r in actors
+        ]
+        try:
+            await asyncio.gather(*waits)
+        except Exception:
+            for replica in actors:
+                replica.close()
+            raise
+        for replica in actors:
+            replica.ready = True
+        self.replicas.extend(actors)
+        self._idle.extend(actors)
+        self._wake()
+
+    def _create_actors(self) -> list[RayReplica]:
+        spec, p = self.spec, self.placement
+        top = spec.batching.max_batch_size
+        settings = asdict(spec.settings)
+        settings["threads"] = p.threads_per_replica or max(1, int(p.num_cpus))
+        summarize = self.watch.summarize if self.watch is not None else None
+        actor_cls = ray.remote(ReplicaActor)
+        options = {
+            "num_cpus": p.num_cpus,
+            "num_gpus": p.num_gpus,
+            "max_restarts": p.max_restarts,
+            "max_task_retries": 0,  # the gateway retries, within the requests' deadlines
+            "namespace": p.namespace,
+        }
+        out = []
+        for i in range(p.replicas):
+            # Named per process: several gateways (or a rollout's candidate) never clash.
+            name = f"surge:{self.name}:{self.version}:{os.getpid()}:{id(self):x}:r{i}"
+            handle = actor_cls.options(name=name, **options).remote(
+                str(spec.version.root),
+                spec.version.model,
+                spec.version.version,
+                settings,
+                sorted({1, max(1, top // 4), top}),
+                spec.warmup_batches,
+            )
+            out.append(RayReplica(f"{self.name}-ray{i}", handle, summarize))
+        return out
+
+    async def stop(self) -> None:
+        for probe in self._probes:
+            probe.cancel()
+        await super().stop()
+
+    # -- failures ------------------------------------------------------------------
+
+    async def _isolate_failure(self, replica: Any, batch: list[Pending], exc: Exception) -> None:
+        if not isinstance(exc, ReplicaLost):
+            await super()._isolate_failure(replica, batch, exc)
+            return
+        log.warning("replica %s counted out: %s", replica.name, exc)
+        self._count_out(replica)
+        self._retry(batch)
+
+    def _release(self, replica: Any) -> None:
+        if replica in self._out:
+            self._wake()  # a counted-out replica takes no batch until it is healthy again
+            return
+        super()._release(replica)
+
+    def _retry(self, batch: list[Pending]) -> None:
+        """Queue the batch's requests again, first in line, for the next free replica
+        (local or Ray); a request whose deadline cannot fit one more batch gets 503."""
+        now = self.clock()
+        key_of = self.replicas[0].runtime.batch_key
+        for pending in batch:
+            if pending.future.done():
+                continue
+            ctx = pending.ctx
+            if ctx.deadline - now <= self.latency.estimate_s(ctx.rows):
+                self._count_refusal("replica_unavailable", ctx)
+                self._fail(
+                    pending,
+                    SurgeError(
+                        "replica_unavailable",
+                        f"the replica running this request's batch of {self.name!r} was "
+                        "lost and the deadline leaves no time to run it on another",
+                        503,
+                        1.0,
+                    ),
+                )
+                continue
+            arrival = ctx.stamps.get("admitted", now)
+            self.batcher.push(
+                QueuedRequest(pending, ctx.rows, arrival, ctx.deadline, key_of(pending.tensors))
+            )
+        self._wake()
+
+    def _count_out(self, replica: RayReplica) -> None:
+        replica.ready = False
+        self._out.add(replica)
+        if replica in self._idle:
+            self._idle.remove(replica)
+        probe = asyncio.get_running_loop().create_task(self._probe(replica))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+
+    async def _probe(self, replica: RayReplica) -> None:
+        """Ask the actor until it answers (Ray restarting it reruns its load and warm-up),
+        then count it back in."""
+        interval = self.placement.health_interval_s
+        while self.state in ("ready", "draining"):
+            await asyncio.sleep(interval)
+            try:
+                ref = replica.handle.health.remote()
+                await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=10 * interval)
+            except (TimeoutError, rex.RayError):
+                continue
+            self._out.discard(replica)
+            replica.ready = True
+            if self.state == "ready":
+                self._idle.append(replica)
+                self._wake()
+            log.warning("replica %s is back", replica.name)
+            return
+
+    def queue_state(self) -> QueueState:
+        # A counted-out replica is no capacity: admission estimates with the others.
+        state = super().queue_state()
+        if not self._out:
+            return state
+        out = len(self._out)
+        return QueueState(
+            queued_requests=state.queued_requests,
+            queued_rows=state.queued_rows,
+            busy_replicas=max(0, state.busy_replicas - out),
+            replicas=max(1, state.replicas - out),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        ray_replicas = self.ray_replicas
+        local = len(self.replicas) - len(ray_replicas)
+        ready_ray = sum(r.ready for r in ray_replicas)
+        return {
+            **super().describe(),
+            "ready_replicas": local + ready_ray,
+            "placement": {
+                "local": {"replicas": local, "ready": local},
+                "ray": {
+                    "replicas": self.placement.replicas,
+                    "ready": ready_ray,
+                    "num_cpus": self.placement.num_cpus,
+                    "num_gpus": self.placement.num_gpus,
+                },
+            },
+        }
