@@ -172,6 +172,12 @@ def render_status(doc: dict[str, Any]) -> None:
         print(f"  waiting for: {rollout['waiting_for']}")
     if doc.get("load_failure"):
         print(f"  this process cannot serve the latest route: {doc['load_failure']}")
+    scale = doc.get("autoscale")
+    if scale:
+        last = scale.get("last_decision") or {}
+        print(f"  replicas: {scale['ready']} ready, {scale['pending']} pending, want "
+              f"{scale['desired']} (autoscale {scale['min_replicas']}-{scale['max_replicas']})"
+              + (f"; last: {last['action']}, {last['reason']}" if last else ""))  # fmt: skip
     processes = doc.get("processes")
     if processes:
         print(f"  route revision {doc.get('revision')}; processes:")

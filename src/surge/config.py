@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from surge.config_autoscale import AutoscaleConfig
 from surge.config_cluster import ClusterConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
 from surge.config_placement import PlacementConfig
@@ -159,6 +160,11 @@ class EndpointConfig(Strict):
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )
     cost: CostConfig = Field(default_factory=CostConfig)
+    autoscale: AutoscaleConfig | None = Field(
+        None,
+        description="follow the load with the live version's local replica count (README: "
+        "'Scale out'); `replicas` is then the count it starts with. None: fixed replicas",
+    )
     placement: PlacementConfig = Field(
         default_factory=PlacementConfig,
         description="where replicas run besides the local ones: local (default) or "

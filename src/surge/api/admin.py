@@ -109,6 +109,8 @@ async def status(request: Request) -> Response:
     drift = state.observer.drift
     for version in doc["versions"]:  # None: not watched (drift off, or a shadow)
         version["drift"] = drift.describe(doc["endpoint"], version["version"]) if drift else None
+    autoscaler = state.autoscaler
+    doc["autoscale"] = autoscaler.status(doc["endpoint"]) if autoscaler is not None else None
     return _json(doc)
 
 

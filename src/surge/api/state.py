@@ -26,6 +26,7 @@ from surge.security.auth import Authenticator
 from surge.security.key_admin import KeyAdmin
 from surge.security.keys import KEYS_KEY, KeyRing
 from surge.security.quotas import Quotas
+from surge.serving.autoscale_driver import AutoscaleDriver
 from surge.serving.bandit_route import BanditRoute
 from surge.serving.cores import cpu_count, plan_cores
 from surge.serving.deployment import Deployment
@@ -62,6 +63,7 @@ class ServerState:
     keys: KeyAdmin | None = None  # making and following the client keys
     quotas: Quotas | None = None  # rate limits and budgets
     review_pruner: ReviewPruner | None = None  # review queues' retention and caps
+    autoscaler: AutoscaleDriver | None = None  # replica counts that follow the load
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -165,6 +167,12 @@ class ServerState:
         modes.start()
         self.keys.start()
         self.review_pruner.start()
+        scaled = {n: e.autoscale for n, e in config.endpoints.items() if e.autoscale is not None}
+        self.autoscaler = AutoscaleDriver(
+            self.endpoints, scaled, store, f"autoscaler@{plane.process_id}"
+        )
+        self.metrics.registry.register(self.autoscaler)
+        self.autoscaler.start()
 
     async def _follow(self, key: str, doc: dict[str, Any], revision: int) -> bool:
         """The follower's hook: a route doc changed in the registry."""
@@ -242,6 +250,8 @@ class ServerState:
             await self.quotas.stop()
         if self.review_pruner is not None:
             await self.review_pruner.stop()
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         if self.plane is not None:
             await self.plane.stop()
         if self.rollouts is not None:

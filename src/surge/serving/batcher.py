@@ -74,6 +74,10 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._rows
 
+    def oldest_wait_s(self, now: float) -> float:
+        """How long the oldest queued request has waited (0 with none queued)."""
+        return now - self._oldest().arrival if self._count else 0.0
+
     def push(self, request: QueuedRequest) -> None:
         if request.rows > self.policy.max_batch_size:
             raise ValueError("a request cannot be larger than max_batch_size")

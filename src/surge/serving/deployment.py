@@ -25,6 +25,7 @@ from surge.serving.admission import AdmissionPolicy, QueueState, admit, signals_
 from surge.serving.batcher import Batcher, BatchingPolicy, QueuedRequest
 from surge.serving.latency import BatchLatencyModel
 from surge.serving.replica import BatchResult, Replica, split
+from surge.serving.replica_scaling import ReplicaScaling
 
 log = logging.getLogger("surge.deployment")
 
@@ -58,7 +59,7 @@ class DeploymentSpec:
     compute_nice: int = 0
 
 
-class Deployment:
+class Deployment(ReplicaScaling):
     def __init__(
         self,
         spec: DeploymentSpec,
@@ -85,6 +86,10 @@ class Deployment:
         self.replicas: list[Replica] = []
         self._idle: list[Replica] = []
         self._inflight = 0
+        self.inflight_rows = 0  # rows queued or running: the autoscaler's load signal
+        self.pending_replicas = 0  # being loaded and warmed by `scale_to`
+        self._scaling = asyncio.Lock()
+        self._retiring: set[Replica] = set()  # to leave as soon as they are idle
         self._driver: asyncio.Task[None] | None = None
         self._waker: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,16 +100,8 @@ class Deployment:
         """Load and warm every replica, then start taking requests."""
         loop = asyncio.get_running_loop()
         self.spec.version.verify_checksums()
-        watch = self.watch
-        for i in range(self.spec.replicas):
-            runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
-            meter = summarize = None
-            if watch is not None:
-                meter = watch.meter(self.spec.settings) if watch.meter else None
-                summarize = watch.summarize
-            self.replicas.append(
-                Replica(f"{self.name}-r{i}", runtime, self.spec.compute_nice, meter, summarize)
-            )
+        self.replicas = [self._new_replica(i) for i in range(self.spec.replicas)]
+        self._next_replica = self.spec.replicas
         await asyncio.gather(
             *(loop.run_in_executor(r.executor, self._load_and_warm, r) for r in self.replicas)
         )
@@ -182,6 +179,7 @@ class Deployment:
         )
         ctx.stamp("admitted", now)
         self._inflight += 1
+        self.inflight_rows += rows
         self.metrics.inflight += 1
         self._wake()
         # One timer per request answers 504 at the deadline wherever the request is;
@@ -194,6 +192,7 @@ class Deployment:
         finally:
             timer.cancel()
             self._inflight -= 1
+            self.inflight_rows -= rows
             self.metrics.inflight -= 1
 
     def _deadline_passed(self, future: asyncio.Future[Tensors], ctx: RequestContext) -> None:
@@ -310,6 +309,10 @@ class Deployment:
     def _release(self, replica: Replica) -> None:
         # The driver takes it from here, after the callbacks already scheduled (the
         # answers just handed out): see `_finish`.
+        if replica in self._retiring:  # scaled down while it ran this batch
+            self._retiring.discard(replica)
+            replica.close()
+            return
         self._idle.append(replica)
         self._wake()
 
@@ -381,7 +384,8 @@ class Deployment:
             "version": self.spec.version.version,
             "runtime": self.spec.version.manifest.runtime,
             "state": self.state,
-            "replicas": self.spec.replicas,
+            "replicas": len(self.replicas),
+            "replicas_pending": self.pending_replicas,
             "threads_per_replica": self.spec.settings.threads,
             "device": self.spec.settings.device,
             **runtime,
