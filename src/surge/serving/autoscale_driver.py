@@ -107,7 +107,14 @@ class AutoscaleDriver:
         if now < scaler.next_decision_at:
             return None
         ready, pending = len(deployment.replicas), deployment.pending_replicas
-        signals = Signals(scaler.rows_sum / scaler.samples, scaler.wait_s, ready, pending)
+        # What one replica serves at full batches: lets the policy size an overload by
+        # the arrival rate, not by the backlog (which grows to a deadline's worth).
+        top = deployment.spec.batching.max_batch_size
+        batch_s = deployment.latency.estimate_s(top)
+        per_replica = top / batch_s if batch_s > 0 else None
+        signals = Signals(
+            scaler.rows_sum / scaler.samples, scaler.wait_s, ready, pending, per_replica
+        )
         scaler.rows_sum, scaler.samples, scaler.wait_s = 0.0, 0, 0.0
         scaler.next_decision_at = now + scaler.config.evaluate_interval_s
         autoscaler = scaler.autoscaler
