@@ -115,3 +115,31 @@ class RouteConfig(Strict):
             return self.rules.targets()
         assert self.fallback is not None
         return list(self.fallback.targets)
+
+
+class ModesConfig(Strict):
+    """Burst modes (normal / surge / emergency, see routing/modes.py), flipped by load."""
+
+    enabled: bool = Field(True, description="change modes automatically from live signals")
+    target_p99_ms: float = Field(
+        500.0, gt=0, description="the p99 the p99 signal is measured against"
+    )
+    evaluate_interval_s: float = Field(1.0, gt=0, description="how often the signals are sampled")
+    hold_s: float = Field(10.0, ge=0, description="calm time before stepping down one mode")
+    min_dwell_s: float = Field(
+        5.0, ge=0, description="no automatic change sooner than this after one"
+    )
+    min_client_deadline_ms: float = Field(
+        50.0,
+        ge=0,
+        description="a refused request whose X-Request-Timeout-Ms is below this is the "
+        "client's problem, not evidence of overload: it never raises the mode (else any "
+        "client could put the server in emergency mode with tiny deadlines)",
+    )
+    min_requests_per_interval: int = Field(
+        20,
+        ge=1,
+        description="the share of requests refused counts only over at least this many "
+        "requests in one interval (below, it reads as 0): under 20, a single refusal is "
+        "already the 5 % that enters emergency, so a handful of requests could flip a mode",
+    )

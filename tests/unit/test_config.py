@@ -134,3 +134,10 @@ def test_tenants_with_budgets_need_receipts_and_plain_names(tmp_path):
                                     "observability: {receipts: {enabled: false}}\n"))  # fmt: skip
     with pytest.raises(ConfigError, match="tenant names"):
         load_config(write(tmp_path, "tenants: {'a/b': {}}\n"))
+
+
+def test_autoscale_is_for_local_replicas(tmp_path):
+    endpoint = ("endpoints: {digits: {autoscale: {max_replicas: 2}, "
+                "placement: {ray: {replicas: 2}}}}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="local replicas"):
+        load_config(write(tmp_path, endpoint))

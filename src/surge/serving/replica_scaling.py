@@ -48,7 +48,8 @@ class ReplicaScaling:
         async with self._scaling:  # one change at a time: counts stay consistent
             if self.state != "ready":
                 return
-            adding = count - len(self.replicas)
+            # Local replicas only: Ray actors are placed by their own placement config.
+            adding = count - sum(1 for r in self.replicas if isinstance(r, Replica))
             if adding > 0:
                 await self._add_replicas(adding)
             elif adding < 0:
@@ -81,7 +82,8 @@ class ReplicaScaling:
 
     def _retire_replicas(self, n: int) -> None:
         # The newest first; an idle one leaves now, a busy one when its batch is done.
-        for replica in self.replicas[::-1][:n]:
+        local = [r for r in self.replicas if isinstance(r, Replica)]
+        for replica in local[::-1][:n]:
             self.replicas.remove(replica)
             if replica in self._idle:
                 self._idle.remove(replica)
