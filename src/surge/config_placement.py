@@ -31,6 +31,17 @@ class RayPlacement(_Strict):
     threads_per_replica: int | None = Field(
         None, ge=1, description="intra-op threads per actor (default: its num_cpus, at least 1)"
     )
+    serve_on_gateway: bool = Field(
+        True,
+        description="false: the endpoint's local replicas load only to describe the model "
+        "(tensors, batch keys) and take batches only while no Ray replica is ready",
+    )
+    batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description="batches sent to one actor before its last answers: the next waits in "
+        "the actor's queue, so the round trip (~2 ms on a 2-core host) overlaps compute",
+    )
     max_restarts: int = Field(
         3, ge=-1, description="times Ray restarts a dead actor (-1: without limit)"
     )

@@ -90,6 +90,7 @@ class RayReplica:
         self.meter = None  # the actor's node is not this host: no energy reading here
         self.busy_s = 0.0
         self.ready = False
+        self.running = False  # launched and not yet released (event-loop side)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     def execute(
@@ -136,7 +137,12 @@ class RayDeployment(Deployment):
         super().__init__(*args, **kwargs)
         self.placement = placement
         self._out: set[RayReplica] = set()
+        # Local replicas kept out of the batcher's choice (`serve_on_gateway: false`) unless
+        # no Ray replica is ready: then they serve, so the endpoint still answers.
+        self._standby: list[Any] = []
+        self._fallback = False
         self._probes: set[asyncio.Task[None]] = set()
+        self._probing: set[int] = set()  # id() of the actor handles being probed
 
     @property
     def ray_replicas(self) -> list[RayReplica]:
@@ -149,9 +155,7 @@ class RayDeployment(Deployment):
         await super().start()
         loop = asyncio.get_running_loop()
         timeout = self.placement.start_timeout_s
-        waits = [
-            loop.run_in_executor(r.executor, _wait_healthy, r.handle, timeout) for r in actors
-        ]
+        waits = [loop.run_in_executor(r.executor, _wait_healthy, r.handle, timeout) for r in actors]
         try:
             await asyncio.gather(*waits)
         except Exception:
@@ -162,6 +166,9 @@ class RayDeployment(Deployment):
             replica.ready = True
         self.replicas.extend(actors)
         self._idle.extend(actors)
+        if not self.placement.serve_on_gateway:
+            self._standby = [r for r in self.replicas if not isinstance(r, RayReplica)]
+            self._idle = [r for r in self._idle if r not in self._standby]
         self._wake()
 
     def _create_actors(self) -> list[RayReplica]:
@@ -190,7 +197,11 @@ class RayDeployment(Deployment):
                 sorted({1, max(1, top // 4), top}),
                 spec.warmup_batches,
             )
-            out.append(RayReplica(f"{self.name}-ray{i}", handle, summarize))
+            # One slot per batch in flight: each is a replica to the batcher, and all of
+            # an actor's slots are counted out and back in together.
+            for k in range(p.batches_in_flight):
+                slot = f"{self.name}-ray{i}" + (f"/{k}" if k else "")
+                out.append(RayReplica(slot, handle, summarize))
         return out
 
     async def stop(self) -> None:
@@ -208,8 +219,15 @@ class RayDeployment(Deployment):
         self._count_out(replica)
         self._retry(batch)
 
+    def _launch(self, replica: Any, batch: list[Pending], now: float) -> None:
+        replica.running = True
+        super()._launch(replica, batch, now)
+        if replica in self._idle:  # no live request left: handed straight back
+            replica.running = False
+
     def _release(self, replica: Any) -> None:
-        if replica in self._out:
+        replica.running = False
+        if replica in self._out or (replica in self._standby and not self._fallback):
             self._wake()  # a counted-out replica takes no batch until it is healthy again
             return
         super()._release(replica)
@@ -242,11 +260,21 @@ class RayDeployment(Deployment):
             )
         self._wake()
 
+    def _slots(self, replica: RayReplica) -> list[RayReplica]:
+        return [r for r in self.ray_replicas if r.handle is replica.handle]
+
     def _count_out(self, replica: RayReplica) -> None:
-        replica.ready = False
-        self._out.add(replica)
-        if replica in self._idle:
-            self._idle.remove(replica)
+        for slot in self._slots(replica):
+            slot.ready = False
+            self._out.add(slot)
+            if slot in self._idle:
+                self._idle.remove(slot)
+        if self._standby and not any(r.ready for r in self.ray_replicas):
+            self._fallback = True
+            self._idle.extend(r for r in self._standby if r not in self._idle)
+        if id(replica.handle) in self._probing:
+            return
+        self._probing.add(id(replica.handle))
         probe = asyncio.get_running_loop().create_task(self._probe(replica))
         self._probes.add(probe)
         probe.add_done_callback(self._probes.discard)
@@ -255,43 +283,73 @@ class RayDeployment(Deployment):
         """Ask the actor until it answers (Ray restarting it reruns its load and warm-up),
         then count it back in."""
         interval = self.placement.health_interval_s
-        while self.state in ("ready", "draining"):
-            await asyncio.sleep(interval)
-            try:
-                ref = replica.handle.health.remote()
-                await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout=10 * interval)
-            except (TimeoutError, rex.RayError):
-                continue
-            self._out.discard(replica)
-            replica.ready = True
-            if self.state == "ready":
-                self._idle.append(replica)
-                self._wake()
-            log.warning("replica %s is back", replica.name)
-            return
+        try:
+            while self.state in ("ready", "draining"):
+                await asyncio.sleep(interval)
+                try:
+                    ref = replica.handle.health.remote()
+                    await asyncio.wait_for(asyncio.wrap_future(ref.future()), 10 * interval)
+                except (TimeoutError, rex.RayError):
+                    continue
+                self._count_in(replica)
+                log.warning("replica %s is back", replica.name)
+                return
+        finally:
+            self._probing.discard(id(replica.handle))
+
+    def _count_in(self, replica: RayReplica) -> None:
+        if self._fallback:
+            self._fallback = False
+            self._idle = [r for r in self._idle if r not in self._standby]
+        for slot in self._slots(replica):
+            self._out.discard(slot)
+            slot.ready = True
+            # A slot still running its (failing) batch joins when `_release` frees it.
+            if self.state == "ready" and not slot.running:
+                self._idle.append(slot)
+        self._wake()
 
     def queue_state(self) -> QueueState:
-        # A counted-out replica is no capacity: admission estimates with the others.
+        """Capacity as admission should see it: the local replicas that serve and the
+        Ray actors that are ready (one each, whatever their batches in flight)."""
         state = super().queue_state()
-        if not self._out:
-            return state
-        out = len(self._out)
+        serving_local = [
+            r
+            for r in self.replicas
+            if not isinstance(r, RayReplica) and (self._fallback or r not in self._standby)
+        ]
+        actors: dict[int, bool] = {}  # ready actor -> busy
+        for r in self.ray_replicas:
+            if r.ready:
+                actors[id(r.handle)] = actors.get(id(r.handle), False) or r.running
+        busy_local = sum(r not in self._idle for r in serving_local)
         return QueueState(
             queued_requests=state.queued_requests,
             queued_rows=state.queued_rows,
-            busy_replicas=max(0, state.busy_replicas - out),
-            replicas=max(1, state.replicas - out),
+            busy_replicas=busy_local + sum(actors.values()),
+            replicas=max(1, len(serving_local) + len(actors)),
         )
+
+    def _next_batch_s(self, now: float) -> float:
+        # As the base class, with "every replica idle" read over the replicas that serve.
+        rows = min(self.batcher.queued_rows, self.spec.batching.max_batch_size)
+        if self.queue_state().busy_replicas == 0:
+            return self.latency.idle_estimate_s(rows, now)
+        return self.latency.estimate_s(rows)
 
     def describe(self) -> dict[str, Any]:
         ray_replicas = self.ray_replicas
         local = len(self.replicas) - len(ray_replicas)
-        ready_ray = sum(r.ready for r in ray_replicas)
+        ready_ray = len({id(r.handle) for r in ray_replicas if r.ready})
         return {
             **super().describe(),
             "ready_replicas": local + ready_ray,
             "placement": {
-                "local": {"replicas": local, "ready": local},
+                "local": {
+                    "replicas": local,
+                    "ready": local,
+                    "serving": local if self._fallback or not self._standby else 0,
+                },
                 "ray": {
                     "replicas": self.placement.replicas,
                     "ready": ready_ray,

@@ -1,0 +1,157 @@
+"""Dispatch cost of Ray replicas: `embed` at 32 closed-loop clients, 2 Ray replicas of
+1 CPU each (the gateway's own replica on standby, `serve_on_gateway: false`) against
+1 local replica of 2 threads, on the same machine; plus the microseconds a batch spends
+in dispatch (gateway thread, object store, actor call) beyond the runtime's own compute.
+
+    .venv/bin/python -m benchmarks.ray_dispatch [--seconds 15]
+
+Writes benchmarks/results/ray_dispatch.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import loadgen
+from benchmarks.servers import REPO_ROOT, surge_server
+from benchmarks.workload import V2_BODIES
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+REPOSITORY = REPO_ROOT / ".surge" / "models"
+CLIENTS = 32
+TARGET_RATIO = 0.85
+BATCHING = {"max_batch_size": 32, "max_queue_delay_ms": 2}
+
+
+def closed(url: str, seconds: float) -> dict[str, Any]:
+    spec = {
+        "url": f"{url}/v2/models/embed/infer",
+        "mode": "closed",
+        "concurrency": CLIENTS,
+        "duration_s": seconds,
+        "max_requests": 10**7,
+        "bodies": V2_BODIES,
+    }
+    return loadgen.run_loadgen(spec)
+
+
+def throughput(name: str, endpoint: dict[str, Any], seconds: float, workdir: Path) -> dict:
+    with surge_server(name, {"embed": endpoint}, REPOSITORY, workdir) as server:
+        closed(server.url, min(3.0, seconds))  # warm the path (connections, shapes)
+        result = closed(server.url, seconds)
+    print(f"{name}: {result['ok_rps']} ok/s, p50 {result['latency_ok_ms'].get('p50')} ms")
+    return result
+
+
+def dispatch_us(batches: int = 200) -> dict[str, float]:
+    """Wall of `RayReplica.execute` minus the actor's `runtime.run`, per batch size."""
+    import ray
+
+    from surge.repository import ModelRepository
+    from surge.runtimes.base import RuntimeSettings
+    from surge.runtimes.registry import runtime_class
+    from surge.serving.ray_actor import ReplicaActor
+    from surge.serving.ray_replica import RayReplica
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        version = ModelRepository(REPOSITORY).version("embed", "1")
+        handle = (
+            ray.remote(ReplicaActor)
+            .options(num_cpus=1)
+            .remote(
+                str(version.root), "embed", "1", {"threads": 1, "max_batch_size": 32}, [1, 32], 1
+            )
+        )
+        replica = RayReplica("bench", handle)
+        local = runtime_class(version.manifest.runtime)(version, RuntimeSettings(threads=1))
+        local.load()
+        out = {}
+        for size in (1, 32):
+            inputs = local.warmup_inputs(size)
+            added = []
+            for _ in range(batches):
+                result = replica.execute([inputs], None, time.monotonic() + 30)
+                added.append(result.busy_s - (result.compute_end - result.compute_start))
+            out[str(size)] = round(statistics.median(added) * 1e6, 1)
+        replica.close()
+        return out
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        local = throughput(
+            "local",
+            {"replicas": 1, "threads_per_replica": 2, "batching": BATCHING},
+            args.seconds,
+            workdir,
+        )
+        on_ray = throughput(
+            "ray",
+            {
+                "replicas": 1,
+                "threads_per_replica": 1,
+                "batching": BATCHING,
+                "placement": {
+                    "ray": {
+                        "address": None,
+                        "num_cpus": 1,
+                        "replicas": 2,
+                        "serve_on_gateway": False,
+                    }
+                },
+            },
+            args.seconds,
+            workdir,
+        )
+    added = dispatch_us()
+    ratio = on_ray["ok_rps"] / max(local["ok_rps"], 1e-9)
+    doc = {
+        "clients": CLIENTS,
+        "seconds": args.seconds,
+        "ratio": round(ratio, 3),
+        "target": TARGET_RATIO,
+        "added_us_per_batch": added,
+        "local": local,
+        "ray": on_ray,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ray_dispatch.json").write_text(json.dumps(doc, indent=1))
+    lines = [
+        "# Ray dispatch cost (`benchmarks/ray_dispatch.py`)",
+        "",
+        f"`embed`, v2, {CLIENTS} closed-loop clients, {args.seconds:.0f} s each, one 2-core "
+        "machine (shared: figures move with other work on it).",
+        "",
+        "| replicas | ok/s | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for label, r in (("1 local x 2 threads", local), ("2 Ray actors x 1 CPU", on_ray)):
+        ms = r["latency_ok_ms"]
+        lines.append(f"| {label} | {r['ok_rps']} | {ms.get('p50')} | {ms.get('p99')} |")
+    lines += [
+        "",
+        f"Throughput ratio Ray / local: **{ratio:.2f}x** (target >= {TARGET_RATIO}x).",
+        "",
+        "Added per batch by dispatch (gateway thread + object store + actor call, beyond "
+        "the runtime's own compute; median of 200, in-process): "
+        + ", ".join(f"{k} row(s): {v} µs" for k, v in added.items()),
+    ]
+    (RESULTS / "ray_dispatch.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
