@@ -211,3 +211,53 @@ def test_killed_actor_loses_no_request_and_comes_back(server):
     assert back["pid"] != pid_before  # a new process: Ray restarted the actor
     hammer(server.url, "embed", body, clients=4, seconds=2)
     assert ray.get(restarted.health.remote(), timeout=30)["batches"] > back["batches"]
+
+
+def test_node_death_under_load_is_answered_and_replicas_come_back(server, cluster):
+    """A whole node goes (its raylet and workers): the batches on it are retried or
+    answered 503/504 in time, the endpoint stays ready on what is left, and once a node
+    joins again Ray restarts the actors there and surge counts them back in."""
+    body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": TEXTS[:2]}]}
+    head = cluster.head_node
+    worker = next(n for n in cluster.list_all_nodes() if n is not head)
+    health: list[int] = []
+    ready_on_ray: list[int] = []
+    stop = threading.Event()
+
+    def watch_health() -> None:
+        with httpx.Client(timeout=5) as http:
+            while not stop.wait(0.25):
+                health.append(http.get(f"{server.url}/v2/health/ready").status_code)
+                ready_on_ray.append(
+                    placement(server, "embed")["ray"]["ready"]
+                    + placement(server, "digits")["ray"]["ready"]
+                )
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
+    killer = threading.Timer(2.0, lambda: cluster.remove_node(worker, allow_graceful=False))
+    killer.start()
+    try:
+        results = hammer(server.url, "embed", body, clients=4, seconds=8)
+    finally:
+        killer.join()
+        stop.set()
+        watcher.join(10)
+    statuses = [status for status, _, _ in results]
+    assert statuses and set(statuses) <= {200, 503, 504}, statuses
+    late = [s for status, s, _ in results if status != 200 and s > DEADLINE_MS / 1000 + 1.0]
+    assert not late, late
+    assert health and set(health) == {200}, health  # the local replica still serves
+    # 1.5 CPUs of actors on two 1-CPU nodes: at least one actor was on the lost node,
+    # and surge counted it out (a failed batch, or the health watch for an idle one).
+    assert min(ready_on_ray) < 3, ready_on_ray
+    cluster.add_node(num_cpus=1)
+    deadline = time.monotonic() + 120
+    while placement(server, "embed")["ray"]["ready"] < 2 or (
+        placement(server, "digits")["ray"]["ready"] < 1
+    ):
+        assert time.monotonic() < deadline, placement(server, "embed")
+        time.sleep(0.5)
+    before = batches_on_ray("embed")
+    assert hammer(server.url, "embed", body, clients=4, seconds=2)
+    assert batches_on_ray("embed") > before

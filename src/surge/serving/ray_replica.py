@@ -170,6 +170,9 @@ class RayDeployment(Deployment):
             self._standby = [r for r in self.replicas if not isinstance(r, RayReplica)]
             self._idle = [r for r in self._idle if r not in self._standby]
         self._wake()
+        watch = loop.create_task(self._watch(), name=f"ray-health-{self.name}")
+        self._probes.add(watch)
+        watch.add_done_callback(self._probes.discard)
 
     def _create_actors(self) -> list[RayReplica]:
         spec, p = self.spec, self.placement
@@ -296,6 +299,23 @@ class RayDeployment(Deployment):
                 return
         finally:
             self._probing.discard(id(replica.handle))
+
+    async def _watch(self) -> None:
+        """An idle actor fails no batch, so its death (or its node's) would go unseen
+        until traffic found it: ask each ready actor every ten health intervals."""
+        interval = self.placement.health_interval_s
+        while self.state in ("ready", "draining"):
+            await asyncio.sleep(10 * interval)
+            for replica in {id(r.handle): r for r in self.ray_replicas if r.ready}.values():
+                try:
+                    ref = replica.handle.health.remote()
+                    await asyncio.wait_for(asyncio.wrap_future(ref.future()), 10 * interval)
+                except (TimeoutError, rex.RayError) as exc:
+                    if replica.ready:
+                        log.warning(
+                            "replica %s counted out: no health answer (%r)", replica.name, exc
+                        )
+                        self._count_out(replica)
 
     def _count_in(self, replica: RayReplica) -> None:
         if self._fallback:
