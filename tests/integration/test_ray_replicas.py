@@ -261,3 +261,42 @@ def test_node_death_under_load_is_answered_and_replicas_come_back(server, cluste
     before = batches_on_ray("embed")
     assert hammer(server.url, "embed", body, clients=4, seconds=2)
     assert batches_on_ray("embed") > before
+
+
+def test_gateway_replica_on_standby_serves_only_when_no_actor_is_ready(
+    cluster, demo_models, tmp_path_factory
+):
+    ray_cfg = {
+        "address": cluster.address,
+        "num_cpus": 0.5,
+        "replicas": 1,
+        "serve_on_gateway": False,
+        "health_interval_s": 0.2,
+    }
+    config = {
+        "model_repository": str(demo_models),
+        "endpoints": {"embed": {"placement": {"ray": ray_cfg}}},
+    }
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": TEXTS[:1]}]}
+    with run_server(config, tmp_path_factory.mktemp("standby")) as standby:
+        mine = {n: a for n, a in actors("embed").items() if f":{standby.process.pid}:" in n}
+        (actor,) = mine.values()
+        assert placement(standby, "embed")["local"]["serving"] == 0
+        with httpx.Client(base_url=standby.url, timeout=30) as http:
+            for _ in range(5):
+                http.post("/v2/models/embed/infer", json=body).raise_for_status()
+            assert ray.get(actor.health.remote(), timeout=30)["batches"] >= 5
+            ray.kill(actor, no_restart=True)  # gone for good: only the gateway is left
+            statuses = [
+                http.post(
+                    "/v2/models/embed/infer",
+                    json=body,
+                    headers={"X-Request-Timeout-Ms": str(DEADLINE_MS)},
+                ).status_code
+                for _ in range(10)
+            ]
+            assert set(statuses) <= {200, 503, 504} and statuses[-5:] == [200] * 5, statuses
+            assert placement(standby, "embed") == {
+                "local": {"replicas": 1, "ready": 1, "serving": 1},
+                "ray": {"replicas": 1, "ready": 0, "num_cpus": 0.5, "num_gpus": 0.0},
+            }
