@@ -363,6 +363,7 @@ class RayDeployment(Deployment):
         ready_ray = len({id(r.handle) for r in ray_replicas if r.ready})
         return {
             **super().describe(),
+            "replicas": local + self.placement.replicas,  # actors, not their slots
             "ready_replicas": local + ready_ray,
             "placement": {
                 "local": {
