@@ -213,7 +213,7 @@ def test_killed_actor_loses_no_request_and_comes_back(server):
     restarted = ray.get_actor(victim_name)
     back = ray.get(restarted.health.remote(), timeout=30)
     assert back["pid"] != pid_before  # a new process: Ray restarted the actor
-    hammer(server.url, "embed", body, clients=4, seconds=2)
+    hammer(server.url, "embed", body, clients=4, seconds=3)
     assert ray.get(restarted.health.remote(), timeout=30)["batches"] > back["batches"]
 
 

@@ -1,15 +1,14 @@
 """Replicas as Ray actors, beside the local ones, behind the same batcher.
 
-The gateway keeps admission, deadlines and batching; a `RayReplica` is what the
-batcher sees of an actor: the same `execute` on a one-thread executor as a local
-`Replica`, which sends the batch's numpy tensors through Ray's object store and waits
-for the answer (the thread waits, not the event loop). `RayDeployment` adds the
-actors to a `Deployment` and owns their failures: a batch whose actor or node died is
-queued again for the next free replica while its requests' deadlines allow (else 503),
-and the replica is counted out until a health call to it answers again (Ray restarts
-the actor up to `max_restarts`).
+The gateway keeps admission, deadlines and batching; `RayDeployment` adds actors
+(`ray_actor.py`: a `RayReplica` is what the batcher sees of one) to a `Deployment`
+and owns their failures: a batch whose actor or node died is queued again for the
+next free replica while its requests' deadlines allow (else 503), and the replica is
+counted out until a health call to it answers again (Ray restarts the actor up to
+`max_restarts`).
 
-Ray is imported here only, and this module only when an endpoint is placed on Ray.
+Ray is imported here and in `ray_actor.py` only, and these modules only when an
+endpoint is placed on Ray.
 """
 
 from __future__ import annotations
@@ -17,10 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -29,105 +24,12 @@ import ray.exceptions as rex
 
 from surge.config_placement import RayPlacement
 from surge.core.errors import SurgeError
-from surge.core.tensors import Tensors
 from surge.serving.admission import QueueState
 from surge.serving.batcher import QueuedRequest
 from surge.serving.deployment import Deployment, Pending
-from surge.serving.ray_actor import ReplicaActor
-from surge.serving.replica import BatchResult, concat
+from surge.serving.ray_actor import RayReplica, ReplicaActor, ReplicaLost, connect, wait_healthy
 
 log = logging.getLogger("surge.ray")
-
-# What Ray raises when the actor or its node is gone (not when the model failed).
-_LOST = (
-    rex.RayActorError,
-    rex.ActorUnavailableError,
-    rex.WorkerCrashedError,
-    rex.NodeDiedError,
-    rex.ObjectLostError,
-    rex.OwnerDiedError,
-    rex.LocalRayletDiedError,
-)
-# A batch slower than its deadline by this much means the actor is stuck, not busy.
-_STUCK_GRACE_S = 2.0
-_connect_lock = threading.Lock()
-
-
-class ReplicaLost(Exception):
-    """The replica could not run the batch (actor or node gone, or stuck)."""
-
-
-def connect(placement: RayPlacement) -> None:
-    """Join the configured cluster once per process (blocking: call it off the loop)."""
-    with _connect_lock:
-        if ray.is_initialized():
-            return
-        if placement.address is None:
-            # A private single-host Ray: no dashboard (a web server nobody asked for).
-            ray.init(namespace=placement.namespace, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=placement.address, namespace=placement.namespace, log_to_driver=False)
-
-
-def _wait_healthy(handle: Any, timeout_s: float) -> None:
-    ray.get(handle.health.remote(), timeout=timeout_s)
-
-
-class RayReplica:
-    """One actor as the batcher sees a replica."""
-
-    placement = "ray"
-
-    def __init__(
-        self,
-        name: str,
-        handle: Any,
-        summarize: Callable[[Tensors, Tensors], Any] | None = None,
-    ) -> None:
-        self.name = name
-        self.handle = handle
-        self.summarize = summarize
-        self.meter = None  # the actor's node is not this host: no energy reading here
-        self.busy_s = 0.0
-        self.ready = False
-        self.running = False  # launched and not yet released (event-loop side)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-
-    def execute(
-        self,
-        parts: list[Tensors],
-        outbound_headers: dict[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> BatchResult:
-        began = time.monotonic()
-        inputs = concat(parts)
-        remaining = None if deadline is None else max(0.0, deadline - began)
-        ref = self.handle.run.remote(inputs, outbound_headers, remaining)
-        try:
-            outputs, compute_s = ray.get(
-                ref, timeout=None if remaining is None else remaining + _STUCK_GRACE_S
-            )
-        except rex.GetTimeoutError as exc:
-            raise ReplicaLost(f"{self.name} did not answer within the deadline") from exc
-        except _LOST as exc:
-            raise ReplicaLost(f"{self.name} is gone: {type(exc).__name__}") from exc
-        except rex.RayTaskError as exc:  # the runtime raised: the model's error, as is
-            cause = exc.cause
-            raise cause if isinstance(cause, Exception) else exc from None
-        end = time.monotonic()
-        busy = end - began
-        self.busy_s += busy
-        summary = self.summarize(inputs, outputs) if self.summarize is not None else None
-        # The actor's clock is another host's: the compute stage is placed to end at the
-        # answer's arrival, so Server-Timing's compute is the runtime's own seconds.
-        return BatchResult(outputs, end - compute_s, end, busy, None, summary)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        try:
-            ray.kill(self.handle, no_restart=True)
-        except Exception:  # already gone, or Ray shut down first: nothing left to stop
-            log.debug("actor %s was already gone", self.name)
 
 
 class RayDeployment(Deployment):
@@ -155,7 +57,7 @@ class RayDeployment(Deployment):
         await super().start()
         loop = asyncio.get_running_loop()
         timeout = self.placement.start_timeout_s
-        waits = [loop.run_in_executor(r.executor, _wait_healthy, r.handle, timeout) for r in actors]
+        waits = [loop.run_in_executor(r.executor, wait_healthy, r.handle, timeout) for r in actors]
         try:
             await asyncio.gather(*waits)
         except Exception:
@@ -223,10 +125,30 @@ class RayDeployment(Deployment):
         self._retry(batch)
 
     def _launch(self, replica: Any, batch: list[Pending], now: float) -> None:
+        replica = self._least_loaded(replica)
         replica.running = True
         super()._launch(replica, batch, now)
         if replica in self._idle:  # no live request left: handed straight back
             replica.running = False
+
+    def _least_loaded(self, popped: Any) -> Any:
+        """The idle replica whose actor runs the fewest batches: the batcher pops the
+        last released one, which would leave a free actor waiting behind a busy one's
+        second slot (and a restarted actor unused)."""
+        running: dict[int, int] = {}
+        for r in self.ray_replicas:
+            if r.running:
+                running[id(r.handle)] = running.get(id(r.handle), 0) + 1
+
+        def load(r: Any) -> int:
+            return running.get(id(r.handle), 0) if isinstance(r, RayReplica) else 0
+
+        best = min(self._idle, key=load, default=popped)
+        if load(best) >= load(popped):
+            return popped
+        self._idle.remove(best)
+        self._idle.append(popped)
+        return best
 
     def _release(self, replica: Any) -> None:
         replica.running = False
