@@ -58,7 +58,7 @@ def dispatch_us(batches: int = 200) -> dict[str, float]:
     from surge.runtimes.registry import runtime_class
     from surge.serving.ray_actor import RayReplica, ReplicaActor
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         version = ModelRepository(REPOSITORY).version("embed", "1")
         handle = (

@@ -97,8 +97,15 @@ def connect(placement: RayPlacement) -> None:
         if ray.is_initialized():
             return
         if placement.address is None:
-            # A private single-host Ray: no dashboard (a web server nobody asked for).
-            ray.init(namespace=placement.namespace, include_dashboard=False, log_to_driver=False)
+            # A private single-host Ray: "local" starts one even where another cluster
+            # runs on this host (a bare init would join it); no dashboard (a web server
+            # nobody asked for).
+            ray.init(
+                address="local",
+                namespace=placement.namespace,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         else:
             ray.init(address=placement.address, namespace=placement.namespace, log_to_driver=False)
 
