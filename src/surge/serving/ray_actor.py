@@ -23,6 +23,7 @@ import ray
 import ray.exceptions as rex
 
 from surge.config_placement import RayPlacement
+from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
 from surge.repository import ModelRepository
 from surge.runtimes.base import RuntimeSettings
@@ -87,8 +88,13 @@ _STUCK_GRACE_S = 2.0
 _connect_lock = threading.Lock()
 
 
-class ReplicaLost(Exception):
-    """The replica could not run the batch (actor or node gone, or stuck)."""
+class ReplicaLost(SurgeError):
+    """The replica could not run the batch (actor or node gone, or stuck). A 503 in its
+    own right, for a request that meets it where no retry is left (a batch-mate rerun
+    alone by the base deployment's isolation)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("replica_unavailable", message, 503, 1.0)
 
 
 def connect(placement: RayPlacement) -> None:
