@@ -80,7 +80,7 @@ class CostLedger:
         """(idle replica-seconds, their cost) of a live deployment."""
         if deployment.ready_at is None:
             return 0.0, 0.0
-        capacity = (now - deployment.ready_at) * len(deployment.replicas)
+        capacity = (now - deployment.ready_at) * deployment.capacity_replicas
         idle_s = max(0.0, capacity - deployment.busy_s)
         price = self.prices.get(deployment.name)
         return idle_s, idle_s * (price.per_compute_second if price else 0.0)

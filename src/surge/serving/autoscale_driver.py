@@ -166,7 +166,7 @@ class AutoscaleDriver:
         return {
             "min_replicas": scaler.config.min_replicas,
             "max_replicas": scaler.config.max_replicas,
-            "ready": len(deployment.replicas),
+            "ready": deployment.ready_replicas,
             "pending": deployment.pending_replicas,
             "desired": scaler.autoscaler.desired,
             "last_decision": None if last is None else asdict(last),
@@ -181,7 +181,7 @@ class AutoscaleDriver:
         )
         for name, endpoint in self.endpoints.items():
             deployment = endpoint.stable
-            replicas.add_metric([name, "ready"], len(deployment.replicas))
+            replicas.add_metric([name, "ready"], deployment.ready_replicas)
             replicas.add_metric([name, "pending"], deployment.pending_replicas)
         decisions = CounterMetricFamily(
             "surge_autoscale_decisions",

@@ -279,6 +279,16 @@ class RayDeployment(Deployment):
             return self.latency.idle_estimate_s(rows, now)
         return self.latency.estimate_s(rows)
 
+    @property
+    def ready_replicas(self) -> int:
+        ray_replicas = self.ray_replicas
+        local = len(self.replicas) - len(ray_replicas)
+        return local + len({id(r.handle) for r in ray_replicas if r.ready})
+
+    @property
+    def capacity_replicas(self) -> int:
+        return len(self.replicas) - len(self.ray_replicas) + self.placement.replicas
+
     def describe(self) -> dict[str, Any]:
         ray_replicas = self.ray_replicas
         local = len(self.replicas) - len(ray_replicas)

@@ -31,6 +31,16 @@ class ReplicaScaling:
 
         def _wake(self) -> None: ...
 
+    @property
+    def ready_replicas(self) -> int:
+        """Replicas serving now (a Ray deployment counts each actor once, not per slot)."""
+        return len(self.replicas)
+
+    @property
+    def capacity_replicas(self) -> int:
+        """Replicas this deployment keeps warm, serving or not: what idle capacity costs."""
+        return len(self.replicas)
+
     def _new_replica(self, number: int) -> Replica:
         runtime = self.spec.runtime_cls(self.spec.version, self.spec.settings)
         meter = summarize = None
