@@ -178,7 +178,10 @@ def test_pending_feedback_expires_after_its_ttl(server):
 def test_concurrent_takes_of_one_request_from_two_links_give_it_to_exactly_one(server):
     async def scenario() -> list[list[bytes | None]]:
         namespace = _namespace()
-        one, two = RedisLink(server.url(), namespace), RedisLink(server.url(), namespace)
+        # Exactly once is the point here, not speed: 200 concurrent takes on a loaded
+        # 2-core machine can pass the default 0.5 s, which would read as an outage.
+        one = RedisLink(server.url(), namespace, timeout_s=5.0)
+        two = RedisLink(server.url(), namespace, timeout_s=5.0)
         await one.start()
         await two.start()
         ids = [f"req-{i}" for i in range(50)]
