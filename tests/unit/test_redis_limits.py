@@ -11,8 +11,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +22,8 @@ from surge.core.errors import SurgeError
 from surge.security import redis_limits
 from surge.security.rate_limit import Limit, LocalLimiter, assess
 from surge.security.redis_limits import GCRA_SHA, RedisLimiter
+from tests.redis_server import REDIS_SERVER, RedisServer
 
-REDIS_SERVER = "/usr/bin/redis-server"
 TIMEOUT_S = 0.5  # the limiters' timeout: generous, a 2-core machine is shared
 SLACK_S = 0.5  # what a loaded machine may add to it
 PATIENCE_S = 8.0  # only a broken limiter waits this long
@@ -36,47 +34,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(60),
 ]
-
-
-class RedisServer:
-    """One redis-server on a loopback port that outlives its process (kill, restart)."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *(REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + PATIENCE_S
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen one must be able to die
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
 
 
 @pytest.fixture
@@ -134,17 +91,17 @@ def test_two_limiters_sharing_redis_admit_the_limit_once_between_them(server, mo
         namespace = _namespace()
         # A timeout here would mean a check decided locally, which is not under test;
         # a machine shared with others can pause redis-server for half a second.
-        one = RedisLimiter(server.url, namespace, timeout_s=3.0)
-        two = RedisLimiter(server.url, namespace, timeout_s=3.0)
+        one = RedisLimiter(server.url(), namespace, timeout_s=3.0)
+        two = RedisLimiter(server.url(), namespace, timeout_s=3.0)
         await one.start()
         await two.start()
-        began = await _server_time(server.url)
+        began = await _server_time(server.url())
         start = time.monotonic()
         # 3 x the rate in all, half from each limiter, interleaved.
         decisions = await asyncio.gather(
             offer(one, 1.5 * rate, 0.0, start), offer(two, 1.5 * rate, 0.5, start)
         )
-        ended = await _server_time(server.url)
+        ended = await _server_time(server.url())
         await one.stop()
         await two.stop()
         return decisions[0] + decisions[1], ended - began
@@ -174,8 +131,8 @@ def test_a_request_is_charged_to_every_limit_in_redis_only_when_all_allow_it(ser
 
     async def scenario() -> tuple[list, list, int]:
         namespace = _namespace()
-        one = RedisLimiter(server.url, namespace, timeout_s=TIMEOUT_S)
-        two = RedisLimiter(server.url, namespace, timeout_s=TIMEOUT_S)
+        one = RedisLimiter(server.url(), namespace, timeout_s=TIMEOUT_S)
+        two = RedisLimiter(server.url(), namespace, timeout_s=TIMEOUT_S)
         first = [await one.check([(key_a, 1), (tenant, 1)]) for _ in range(4)]
         second = [await two.check([(key_b, 1), (tenant, 1)]) for _ in range(2)]
         remaining = (await two.check([(key_b, 1)])).remaining
@@ -200,8 +157,8 @@ def test_a_bucket_key_expires_when_the_bucket_would_be_full_and_a_flushed_script
 
     async def scenario() -> tuple[int, int, bool]:
         namespace = _namespace()
-        limiter = RedisLimiter(server.url, namespace, timeout_s=TIMEOUT_S)
-        raw = Redis.from_url(server.url)
+        limiter = RedisLimiter(server.url(), namespace, timeout_s=TIMEOUT_S)
+        raw = Redis.from_url(server.url())
         await limiter.check([(limit, 2)])
         ttl_ms = await raw.pttl(f"{namespace}:rl:key:k:requests")
         await raw.script_flush()
@@ -221,7 +178,7 @@ def test_fail_open_counts_in_this_process_alone_and_recovers_by_itself(server, c
 
     async def scenario() -> dict:
         limiter = RedisLimiter(
-            server.url, _namespace(), timeout_s=TIMEOUT_S, on_down="open", local=LocalLimiter()
+            server.url(), _namespace(), timeout_s=TIMEOUT_S, on_down="open", local=LocalLimiter()
         )
         await limiter.start()
         seen: dict = {"before": await limiter.check([(limit, 1)])}
@@ -260,7 +217,7 @@ def test_fail_closed_refuses_with_503_while_redis_is_down(server):
     limit = Limit("key:k", 100.0)
 
     async def scenario() -> tuple[list, float, bool]:
-        limiter = RedisLimiter(server.url, _namespace(), timeout_s=TIMEOUT_S, on_down="closed")
+        limiter = RedisLimiter(server.url(), _namespace(), timeout_s=TIMEOUT_S, on_down="closed")
         assert (await limiter.check([(limit, 1)])).allowed
         server.kill()
         errors = []
@@ -291,7 +248,7 @@ def test_a_frozen_redis_costs_a_few_checks_the_timeout_and_the_next_ones_nothing
     limit = Limit("key:k", 100.0)
 
     async def scenario() -> list[float]:
-        limiter = RedisLimiter(server.url, _namespace(), timeout_s=0.2, on_down="open")
+        limiter = RedisLimiter(server.url(), _namespace(), timeout_s=0.2, on_down="open")
         await limiter.check([(limit, 1)])
         server.signal(signal.SIGSTOP)  # connections stay open and nothing answers
         took = []
@@ -316,7 +273,7 @@ def test_a_burst_of_concurrent_checks_queues_for_a_connection_and_is_no_outage(s
     limit = Limit("key:k", 1000.0, 1000)
 
     async def scenario() -> tuple[list, bool]:
-        limiter = RedisLimiter(server.url, _namespace(), timeout_s=TIMEOUT_S, max_connections=2)
+        limiter = RedisLimiter(server.url(), _namespace(), timeout_s=TIMEOUT_S, max_connections=2)
         decisions = await asyncio.gather(*(limiter.check([(limit, 1)]) for _ in range(300)))
         healthy = limiter.healthy
         await limiter.stop()

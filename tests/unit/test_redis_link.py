@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from surge.cluster.redis_link import RedisLink, RedisUnavailable
+from tests.redis_server import REDIS_SERVER, RedisServer
 
-REDIS_SERVER = "/usr/bin/redis-server"
 TIMEOUT_S = 0.5  # the links' command timeout
 SLACK_S = 0.5  # what a loaded 2-core machine may add to it
 PATIENCE_S = 8.0  # only a broken link waits this long
@@ -34,51 +33,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(60),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """One redis-server on a loopback port that outlives its process (kill, restart)."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = _free_port()
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *(REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", *self.args),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + PATIENCE_S
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen one must be able to die
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def url(self, password: str = "") -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture
