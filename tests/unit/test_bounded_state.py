@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from surge.observe.cost import CostCollector, CostLedger
 from surge.routing.bandit import MAX_SEGMENT_CHARS, ThompsonBandit, bandit_from_dict
 from surge.serving.bandit_route import BanditRoute, merge_shared
 from surge.serving.review_pruner import ReviewPruner
-from surge.store import open_store
+from tests.stores import fresh_store
 
 ARMS = ("small", "large")
 
@@ -223,32 +222,11 @@ def test_the_pending_buffer_is_bounded_oldest_first_and_counts_what_it_forgot():
 
 # -- the review queue ------------------------------------------------------------------------
 
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = (
-    *("audit", "routes", "versions", "reviews", "receipts", "schema_version"),
-    *("processes", "leases", "pending_feedback", "keys", "secrets"),
-)
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    namespace = f"bs_{uuid.uuid4().hex[:12]}"
-    url = str(tmp_path / "r.db")
-    if request.param == "postgresql":
-        psycopg = pytest.importorskip("psycopg")
-        try:
-            psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"PostgreSQL is not reachable: {exc}")
-        url = POSTGRES_URL
-    opened = open_store(url, namespace)
-    yield opened
-    opened.close()
-    if request.param == "postgresql":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS " + ", ".join(f"{namespace}_{t}" for t in TABLES))
+    with fresh_store(request.param, tmp_path, "bs") as opened:
+        yield opened
 
 
 def add(store: Any, now: float, endpoint: str = "cascade") -> int:

@@ -26,14 +26,9 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.security.auth import Principal
 from surge.serving.bandit_route import BanditRoute, feedback_token, token_matches
-from surge.store import open_store
+from tests.stores import fresh_store
 
 SECRET = b"s3cret"
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-TABLES = (
-    *("audit", "routes", "versions", "reviews", "receipts", "schema_version"),
-    *("processes", "leases", "pending_feedback", "keys", "secrets"),
-)
 
 
 # -- the token -----------------------------------------------------------------------------
@@ -214,23 +209,8 @@ def test_a_refused_take_leaves_the_entry_in_the_local_buffer():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    namespace = f"ft_{uuid.uuid4().hex[:12]}"
-    url = str(tmp_path / "r.db")
-    if request.param == "postgresql":
-        psycopg = pytest.importorskip("psycopg")
-        try:
-            psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"PostgreSQL is not reachable: {exc}")
-        url = POSTGRES_URL
-    store = open_store(url, namespace)
-    yield store
-    store.close()
-    if request.param == "postgresql":
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS " + ", ".join(f"{namespace}_{t}" for t in TABLES))
+    with fresh_store(request.param, tmp_path, "ft") as opened:
+        yield opened
 
 
 def test_a_refused_take_leaves_the_entry_in_the_registry(registry):
