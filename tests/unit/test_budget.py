@@ -179,8 +179,8 @@ def test_spend_recorded_while_redis_is_away_is_counted_here_and_sent_when_it_is_
     now = (time.time() // 3600) * 3600 + 1800
 
     async def scenario() -> tuple[bool, bool, float]:
-        here = RedisBudgets(server.url, "budgets", BUDGETS, timeout_s=0.5)
-        there = RedisBudgets(server.url, "budgets", BUDGETS, timeout_s=0.5)
+        here = RedisBudgets(server.url(), "budgets", BUDGETS, timeout_s=0.5)
+        there = RedisBudgets(server.url(), "budgets", BUDGETS, timeout_s=0.5)
         await here.start()
         await there.start()
         server.kill()
