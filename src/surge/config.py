@@ -27,6 +27,7 @@ from pydantic import (
 
 from surge.config_autoscale import AutoscaleConfig
 from surge.config_cluster import ClusterConfig
+from surge.config_llm import LLMConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
 from surge.config_placement import PlacementConfig
 from surge.config_routes import ModesConfig, RouteConfig
@@ -239,6 +240,11 @@ class Config(Strict):
     )
     modes: ModesConfig = Field(default_factory=ModesConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    llm: LLMConfig = Field(
+        default_factory=LLMConfig,
+        description="language models behind /v1/chat/completions: providers, models, routes "
+        "(config_llm.py; README: 'Language models')",
+    )
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> Config:
@@ -252,6 +258,10 @@ class Config(Strict):
         clash = sorted(set(self.routes) & set(self.endpoints))
         if clash:
             raise ValueError(f"routes {clash} have the names of endpoints")
+        chat_names = set(self.llm.models) | set(self.llm.routes)
+        clash = sorted(chat_names & (set(self.routes) | set(self.endpoints)))
+        if clash:
+            raise ValueError(f"llm models or routes {clash} have the names of endpoints or routes")
         known = set(self.routes) | set(self.endpoints)
         for name, route in self.routes.items():
             missing = [t for t in route.targets() if t not in known]

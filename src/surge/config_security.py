@@ -35,6 +35,18 @@ class RateLimitConfig(_Strict):
         description="rows admitted back to back, and so the most rows one request may carry "
         "(a larger one is refused with 413); default 5 % of a second's worth, >= 1",
     )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="language-model tokens per minute: a chat request takes its prompt's "
+        "tokens plus its max_tokens when admitted (as Azure OpenAI counts TPM)",
+    )
+    tokens_burst: int | None = Field(
+        None,
+        ge=1,
+        description="tokens admitted back to back, and so the most one chat request may "
+        "take (a larger one is refused with 413); default a minute's worth",
+    )
 
 
 class BudgetConfig(_Strict):

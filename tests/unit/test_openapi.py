@@ -88,8 +88,9 @@ def test_the_inference_posts_answered_in_front_of_the_framework_are_documented(a
         for path, method in _documented()
         if method == "POST" and app.match(_concrete(path)) is not None
     }
-    assert handlers == {app.v2_infer, app.embeddings}
+    assert handlers == {app.v2_infer, app.embeddings, app.chat}
     paths = document()["paths"]
+    assert "post" in paths["/v1/chat/completions"]
     assert "post" in paths["/v2/models/{model}/infer"]
     assert "post" in paths["/v2/models/{model}/versions/{version}/infer"]
     assert "post" in paths["/v1/embeddings"]

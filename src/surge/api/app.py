@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from surge.api import admin, dashboard, feedback, keys, openai, openapi, receipts, v2
+from surge.api import admin, chat, dashboard, feedback, keys, openai, openapi, receipts, v2
 from surge.api.auth_middleware import ClientAuthMiddleware
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.inference_routes import InferenceRoutes
@@ -52,6 +52,7 @@ def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
         routes=[
             *v2.INFER_ROUTES,
             *openai.INFER_ROUTES,
+            *chat.INFER_ROUTES,
             *v2.ROUTES,
             *openai.ROUTES,
             *feedback.ROUTES,
@@ -74,7 +75,10 @@ def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     # The inference POSTs are answered in front of the framework (inference_routes.py).
-    return InferenceRoutes(framework, server_state, v2.infer, openai.embeddings, WANTED | wanted)
+    return InferenceRoutes(
+        framework, server_state, v2.infer, openai.embeddings, WANTED | wanted,
+        chat=chat.chat_completions,
+    )  # fmt: skip
 
 
 def _drain_on_sigterm(state: ServerState) -> None:

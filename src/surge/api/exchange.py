@@ -9,7 +9,7 @@ layers around them cost more than the whole rest of a no-op request's bookkeepin
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,14 +42,16 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = JSON
+    # A body sent as it is made (server-sent events), instead of `body`: each item is
+    # sent as it comes, and closing it is how the answer is cancelled.
+    stream: AsyncIterator[bytes] | None = None
 
     def raw_headers(self, request_id: str) -> list[tuple[bytes, bytes]]:
         """The ASGI header list: content type and length, the request id, then ours."""
-        raw = [
-            (b"content-type", self.content_type.encode("latin-1")),
-            (b"content-length", str(len(self.body)).encode("latin-1")),
-            (b"x-request-id", request_id.encode("latin-1")),
-        ]
+        raw = [(b"content-type", self.content_type.encode("latin-1"))]
+        if self.stream is None:
+            raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
+        raw.append((b"x-request-id", request_id.encode("latin-1")))
         for name, value in self.headers.items():
             raw.append((name.lower().encode("latin-1"), value.encode("latin-1")))
         return raw

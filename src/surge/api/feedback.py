@@ -96,9 +96,10 @@ async def feedback(request: Request) -> Response:
         )
     assert state.plane is not None  # set by the lifespan before any request
     # Wherever the request was answered: the pending store is shared by every process.
-    check = proof_check(state.routes, request_id, token, principal)
+    routes = state.feedback_routes
+    check = proof_check(routes, request_id, token, principal)
     found = await state.plane.pending.take(request_id, check)
-    route = state.routes.get(found[0]) if found is not None else None
+    route = routes.get(found[0]) if found is not None else None
     if found is None or not isinstance(route, BanditRoute):
         raise SurgeError(
             "unknown_request",

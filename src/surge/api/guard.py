@@ -13,7 +13,7 @@ def authorize(exchange: Exchange, endpoint: str) -> None:
     require(exchange.scope["surge.principal"], "infer", endpoint)
 
 
-async def admit_quota(exchange: Exchange, rows: int) -> None:
+async def admit_quota(exchange: Exchange, rows: int, tokens: int = 0) -> None:
     """Refuse a tenant past its budget, then take the request from the caller's rate
     limits (429 with Retry-After and RateLimit headers); the answer carries the
     RateLimit headers too, so a client sees how close it is."""
@@ -22,6 +22,6 @@ async def admit_quota(exchange: Exchange, rows: int) -> None:
         return
     principal = exchange.scope["surge.principal"]
     quotas.check_budget(principal.tenant)
-    headers = await quotas.admit(principal, rows)
+    headers = await quotas.admit(principal, rows, tokens)
     if headers:
         exchange.scope["surge.ratelimit"] = headers

@@ -13,7 +13,9 @@ an inference path that deserves its 405) goes to the Starlette app unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -41,11 +43,13 @@ class InferenceRoutes:
         v2_infer: Handler,
         embeddings: Handler,
         wanted_headers: frozenset[bytes],
+        chat: Handler | None = None,
     ) -> None:
         self.app = app
         self.state = state
         self.v2_infer = v2_infer
         self.embeddings = embeddings
+        self.chat = chat
         self.wanted = wanted_headers
 
     def match(self, path: str) -> tuple[Handler, dict[str, str]] | None:
@@ -53,6 +57,8 @@ class InferenceRoutes:
         `{param}` would match them: one non-empty segment each), or None."""
         if path == "/v1/embeddings":
             return self.embeddings, {}
+        if path == "/v1/chat/completions" and self.chat is not None:
+            return self.chat, {}
         if not (path.startswith(V2_PREFIX) and path.endswith(V2_SUFFIX)):
             return None
         parts = path[len(V2_PREFIX) : -len(V2_SUFFIX)].split("/")
@@ -108,4 +114,38 @@ class InferenceRoutes:
                 "headers": answer.raw_headers(request_id),
             }
         )
+        if answer.stream is not None:
+            await send_stream(answer.stream, receive, send)
+            return
         await send({"type": "http.response.body", "body": answer.body})
+
+
+async def send_stream(stream: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
+    """Send each part of a streamed body as it is made, until it ends or the client
+    disconnects; a disconnect cancels the stream where it waits (an upstream read), so
+    the work behind it stops too. As Starlette's StreamingResponse does, the receive
+    channel is watched alongside: the request body was read, so the next message there
+    is the disconnect."""
+
+    async def pump() -> None:
+        async for part in stream:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    sending = asyncio.ensure_future(pump())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((sending, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, watching):
+            task.cancel()
+        await asyncio.gather(sending, watching, return_exceptions=True)
+        closer = getattr(stream, "aclose", None)
+        if closer is not None:
+            await closer()
+    if sending.done() and not sending.cancelled() and sending.exception() is not None:
+        log.warning("stream ended by an error: %r", sending.exception())

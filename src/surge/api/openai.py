@@ -178,9 +178,12 @@ async def embeddings(exchange: Exchange) -> Answer:
 
 
 async def models(request: Request) -> Response:
+    """Every public name: endpoints and routes, chat models and chat routes."""
+    state = _state(request)
+    chat = state.chat.names() if state.chat is not None else []
     data = [
         {"id": name, "object": "model", "created": STARTED, "owned_by": "surge"}
-        for name in [*_state(request).endpoints, *_state(request).routes]
+        for name in [*state.endpoints, *state.routes, *chat]
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

@@ -23,7 +23,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from surge import __version__
-from surge.api import openapi_admin, openapi_keys, openapi_receipts, openapi_v1, openapi_v2
+from surge.api import (
+    openapi_admin,
+    openapi_chat,
+    openapi_keys,
+    openapi_receipts,
+    openapi_v1,
+    openapi_v2,
+)
 from surge.api.openapi_common import (
     ADMIN_TAG,
     ERROR_SCHEMAS,
@@ -118,7 +125,7 @@ TAGS = [
 @cache
 def document() -> Doc:
     """The whole document (built once per process: it depends on no config)."""
-    parts = (openapi_v2, openapi_v1, openapi_receipts, openapi_admin, openapi_keys)
+    parts = (openapi_v2, openapi_v1, openapi_chat, openapi_receipts, openapi_admin, openapi_keys)
     paths: Doc = {}
     schemas: Doc = dict(ERROR_SCHEMAS)
     for part in parts:

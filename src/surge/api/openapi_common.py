@@ -182,7 +182,7 @@ def param_ref(name: str) -> Doc:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
-def _header_refs(names: tuple[str, ...]) -> Doc:
+def header_refs(names: tuple[str, ...]) -> Doc:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in ("X-Request-Id", *names)}
 
 
@@ -193,7 +193,7 @@ def ok(
     headers: tuple[str, ...] = (),
 ) -> Doc:
     """A success response: `schema` is its body (none when None)."""
-    answer: Doc = {"description": description, "headers": _header_refs(headers)}
+    answer: Doc = {"description": description, "headers": header_refs(headers)}
     if schema is not None:
         answer["content"] = {media_type: {"schema": schema}}
     return answer
@@ -211,7 +211,7 @@ def error_responses() -> Doc:
         for status, (description, headers) in REFUSALS.items():
             responses[f"{shape}_{status}"] = {
                 "description": description,
-                "headers": _header_refs(headers),
+                "headers": header_refs(headers),
                 "content": {JSON: {"schema": ref(schema)}},
             }
     return responses

@@ -15,6 +15,7 @@ from surge.config import Config
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
+from surge.llm.gateway import ChatGateway
 from surge.observe.cluster_metrics import ClusterCollector
 from surge.observe.metrics import Metrics
 from surge.observe.observer import Observer
@@ -64,6 +65,7 @@ class ServerState:
     quotas: Quotas | None = None  # rate limits and budgets
     review_pruner: ReviewPruner | None = None  # review queues' retention and caps
     autoscaler: AutoscaleDriver | None = None  # replica counts that follow the load
+    chat: ChatGateway | None = None  # language models behind /v1/chat/completions
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -143,6 +145,9 @@ class ServerState:
             await route.sync()  # start from what every process has learned so far
             route.start()
         self.metrics.registry.register(RouteCollector(self.routes))
+        self.chat = ChatGateway(config.llm)
+        await self.chat.start(store, plane.pending.remember, self._queue_chat_for_review)
+        self.metrics.registry.register(self.chat.metrics)
         self.modes = modes = ModeDriver(
             config.modes, self.endpoints, self.routes, self.metrics, store
         )
@@ -233,6 +238,32 @@ class ServerState:
         ):
             writer.offer(item)
 
+    def _queue_chat_for_review(
+        self, route: str, ctx: RequestContext, prompt: str, answer: str, confidence: float,
+        served_by: str,
+    ) -> None:  # fmt: skip
+        """A chat cascade's doubtful last answer, handed to the review writer."""
+        writer = self.reviews
+        assert writer is not None
+        writer.offer(
+            PendingReview(
+                route,
+                ctx.request_id,
+                {"prompt": prompt},
+                {"text": answer},
+                confidence,
+                served_by,
+                time.time(),
+            )
+        )
+
+    @property
+    def feedback_routes(self) -> dict[str, Any]:
+        """Every route that may await feedback: bandits over endpoints and over chat models."""
+        if self.chat is None or not self.chat.routes:
+            return self.routes
+        return {**self.routes, **self.chat.routes}
+
     def _all_deployments(self) -> list[Deployment]:
         return [d for e in self.endpoints.values() for d in e.deployments]
 
@@ -258,6 +289,8 @@ class ServerState:
             await self.rollouts.stop()
         for route in self.bandits:
             await route.stop()
+        if self.chat is not None:
+            await self.chat.stop()
         for endpoint in self.endpoints.values():
             await endpoint.close()
         for deployment in self._all_deployments():

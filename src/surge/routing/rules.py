@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# prompt_chars / prompt_tokens: a chat request's prompt length (0 for tensor requests).
 FIXED_FIELDS = {"tenant": "text", "priority": "number", "input_rows": "number",
-                "input_bytes": "number"}  # fmt: skip
+                "input_bytes": "number", "prompt_chars": "number",
+                "prompt_tokens": "number"}  # fmt: skip
 PREFIXED_FIELDS = {"header": "header", "param": "any"}  # header:<name>, param:<name>
 OPS = {"eq": "==", "ne": "!=", "in": "in", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
        "prefix": "starts with"}  # fmt: skip
@@ -162,6 +164,8 @@ class RequestFacts:
     input_rows: int = 0
     input_bytes: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
+    prompt_chars: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)

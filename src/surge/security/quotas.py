@@ -155,13 +155,14 @@ class Quotas:
             shared.add_metric([], 1.0 if self.limiter.healthy else 0.0)
         yield shared
 
-    async def admit(self, principal: Principal, rows: int) -> dict[str, str]:
-        """Take one request of `rows` rows from every limit of the caller, or raise 429
-        (with Retry-After and RateLimit headers); the headers for the answer."""
+    async def admit(self, principal: Principal, rows: int, tokens: int = 0) -> dict[str, str]:
+        """Take one request of `rows` rows (and `tokens` language-model tokens) from every
+        limit of the caller, or raise 429 (with Retry-After and RateLimit headers); the
+        headers for the answer."""
         limits = self.limits_for(principal)
         if not limits:
             return {}
-        costs = priced(limits, rows)
+        costs = priced(limits, rows, tokens)
         if self.limiter is not None:
             decision = await self.limiter.check(costs)
         else:

@@ -36,7 +36,7 @@ from typing import Literal
 
 from surge.config_security import RateLimitConfig
 
-Unit = Literal["requests", "rows"]
+Unit = Literal["requests", "rows", "tokens"]
 
 # A request that fits within a microsecond of now fits: float time at unix-epoch
 # magnitudes cannot tell closer instants apart, and refusing on rounding noise would make
@@ -121,12 +121,20 @@ def limits_from_config(cfg: RateLimitConfig, name: str) -> list[Limit]:
         limits.append(Limit(name, cfg.requests_per_s, cfg.requests_burst, "requests"))
     if cfg.rows_per_s is not None:
         limits.append(Limit(name, cfg.rows_per_s, cfg.rows_burst, "rows"))
+    if cfg.tokens_per_minute is not None:
+        # A minute's worth by default: token limits are read per minute, and one chat
+        # request (prompt + max_tokens) is often larger than a second's worth.
+        burst = cfg.tokens_burst or math.ceil(cfg.tokens_per_minute)
+        limits.append(Limit(name, cfg.tokens_per_minute / 60, burst, "tokens"))
     return limits
 
 
-def priced(limits: Sequence[Limit], rows: int) -> list[tuple[Limit, float]]:
-    """Each limit with what one request of `rows` input rows costs it."""
-    return [(limit, 1 if limit.unit == "requests" else rows) for limit in limits]
+def priced(limits: Sequence[Limit], rows: int, tokens: int = 0) -> list[tuple[Limit, float]]:
+    """Each limit with what one request of `rows` input rows (and, for a chat request,
+    `tokens` tokens: its prompt's plus its max_tokens) costs it. A request that is not a
+    chat request takes nothing from a tokens limit."""
+    costs = {"requests": 1, "rows": rows, "tokens": tokens}
+    return [(limit, costs[limit.unit]) for limit in limits]
 
 
 def interval(limit: Limit, per_s: float) -> float:

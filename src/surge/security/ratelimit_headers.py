@@ -54,7 +54,7 @@ def _whole_seconds(seconds: float) -> int:
 @lru_cache(maxsize=65_536)
 def _policy_member(limit: Limit) -> str:
     quota, window = policy_window(limit)
-    unit = ';qu="rows"' if limit.unit == "rows" else ""
+    unit = f';qu="{limit.unit}"' if limit.unit != "requests" else ""
     return f"{sf_string(limit.bucket)};q={quota};w={window}{unit};surge-burst={limit.capacity}"
 
 
