@@ -119,6 +119,13 @@ def render_costs(doc: dict[str, Any]) -> None:
     sources = doc.get("energy_sources", {})
     if sources:
         print("energy source: " + ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
+    by_tenant = doc.get("by_tenant", [])
+    if by_tenant:
+        print(f"\n{'tenant':20} {'requests':>9} {'prompt tok':>11} {'compl. tok':>11} {'cost':>12}")
+        for t in by_tenant:
+            name = (t["tenant"] or "(none)")[:20]
+            tokens = f"{t['prompt_tokens']:>11} {t['completion_tokens']:>11}"
+            print(f"{name:20} {t['requests']:>9} {tokens} {t['cost']:>12.6f}")
     render_budgets(doc.get("tenants", []))
 
 

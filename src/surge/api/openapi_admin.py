@@ -186,7 +186,7 @@ PATHS: Doc = {
             "admin_costs",
             {
                 "type": "object",
-                "properties": {"endpoints": {}, "energy_sources": {}},
+                "properties": {"endpoints": {}, "energy_sources": {}, "by_tenant": {}},
                 "required": ["endpoints", "energy_sources"],
             },
         )

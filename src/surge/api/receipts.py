@@ -126,6 +126,7 @@ async def costs(request: Request) -> Response:
     return _json(
         {
             "endpoints": observer.costs.snapshot(state.endpoints, monotonic()),
+            "by_tenant": observer.costs.by_tenant(),
             "energy_sources": observer.energy_sources(state.endpoints),
         }
     )

@@ -41,6 +41,8 @@ class Totals:
     cpu_s: float = 0.0
     cost: float = 0.0
     energy_j: float = 0.0
+    prompt_tokens: int = 0  # language-model runs only
+    completion_tokens: int = 0
 
 
 class CostLedger:
@@ -71,6 +73,8 @@ class CostLedger:
                     totals.cpu_s += run["cpu_s"]
                     totals.cost += run["cost"]
                     totals.energy_j += run["energy_j"]
+                    totals.prompt_tokens += run.get("prompt_tokens", 0)
+                    totals.completion_tokens += run.get("completion_tokens", 0)
 
     def items(self) -> list[tuple[tuple[str, str, str], Totals]]:
         with self._lock:
@@ -94,12 +98,26 @@ class CostLedger:
             row["compute_s"] += t.compute_s
             row["cost"] += t.cost
             row["energy_j"] += t.energy_j
+            row["prompt_tokens"] += t.prompt_tokens
+            row["completion_tokens"] += t.completion_tokens
         for endpoint in endpoints.values():
             for deployment in endpoint.deployments:
                 key = (endpoint.name, deployment.version)
                 row = rows.setdefault(key, _row(*key, self.prices))
                 row["busy_s"] = deployment.busy_s
                 row["idle_s"], row["idle_cost"] = self.idle(deployment, now)
+        return [rows[k] for k in sorted(rows)]
+
+    def by_tenant(self) -> list[dict[str, Any]]:
+        """Per tenant (endpoints summed): requests, tokens and cost; `surge costs` shows it."""
+        rows: dict[str, dict[str, Any]] = {}
+        for (_endpoint, _version, tenant), t in self.items():
+            row = rows.setdefault(tenant, {"tenant": tenant, "requests": 0, "cost": 0.0,
+                                           "prompt_tokens": 0, "completion_tokens": 0})  # fmt: skip
+            row["requests"] += t.requests
+            row["cost"] += t.cost
+            row["prompt_tokens"] += t.prompt_tokens
+            row["completion_tokens"] += t.completion_tokens
         return [rows[k] for k in sorted(rows)]
 
 
@@ -112,6 +130,8 @@ def _row(endpoint: str, version: str, prices: dict[str, CostConfig]) -> dict[str
         "compute_s": 0.0,
         "cost": 0.0,
         "energy_j": 0.0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
         "busy_s": 0.0,
         "idle_s": 0.0,
         "idle_cost": 0.0,
@@ -151,13 +171,21 @@ class CostCollector(Collector):
         cpu = CounterMetricFamily(
             "surge_cpu_seconds", "CPU time of requests' batches", labels=labels
         )
+        tokens = CounterMetricFamily(
+            "surge_tokens",
+            "Language-model tokens of answered requests (kind: prompt or completion)",
+            labels=[*labels, "kind"],
+        )
         for (endpoint, version, tenant), t in self.ledger.items():
             key = [endpoint, version, tenant]
             cost.add_metric(key, t.cost)
             energy.add_metric(key, t.energy_j)
             compute.add_metric(key, t.compute_s)
             cpu.add_metric(key, t.cpu_s)
-        yield from (cost, energy, compute, cpu)
+            if t.prompt_tokens or t.completion_tokens:
+                tokens.add_metric([*key, "prompt"], t.prompt_tokens)
+                tokens.add_metric([*key, "completion"], t.completion_tokens)
+        yield from (cost, energy, compute, cpu, tokens)
         idle = CounterMetricFamily(
             "surge_idle_cost",
             "Cost of warm replica time nobody used",

@@ -70,6 +70,7 @@ def render(record: dict[str, Any]) -> dict[str, Any]:
             "cpu_ms": round(run["cpu_s"] * 1000, 4),
             "energy_j": run["energy_j"],
             "cost": run["cost"],
+            **{k: run[k] for k in LLM_RUN_FIELDS if k in run},
         }
         for run in record["runs"]
     ]
@@ -98,6 +99,7 @@ def render(record: dict[str, Any]) -> dict[str, Any]:
         "degraded": record["degraded"],
         "needs_review": record["needs_review"],
         "cache_hit": record["cache_hit"],
+        "tokens": _tokens(record["runs"]),
         "cost": {
             "total": totals["cost"],
             "currency": record["currency"],
@@ -108,6 +110,24 @@ def render(record: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": sum(r["cpu_s"] for r in record["runs"]),
             "source": "+".join(sources) or None,
         },
+    }
+
+
+# What a language model's run adds to a receipt: tokens (and how they were counted),
+# time to first token, time per output token, how the answer ended.
+LLM_RUN_FIELDS = ("prompt_tokens", "completion_tokens", "usage_source", "ttft_ms", "tpot_ms",
+                  "finish_reason")  # fmt: skip
+
+
+def _tokens(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The request's tokens over its language-model runs (None for other models)."""
+    llm = [r for r in runs if "prompt_tokens" in r]
+    if not llm:
+        return None
+    return {
+        "prompt": sum(r["prompt_tokens"] for r in llm),
+        "completion": sum(r["completion_tokens"] for r in llm),
+        "counted_by": sorted({r["usage_source"] for r in llm}),
     }
 
 
