@@ -197,3 +197,6 @@ def test_keys_are_namespaced_per_endpoint_so_a_prefix_purges_one_endpoint():
     assert endpoint_key("embed", key) == f"embed:{key}"
     assert endpoint_key("embed", key).startswith(endpoint_prefix("embed"))
     assert not endpoint_key("embed-large", key).startswith(endpoint_prefix("embed"))
+    # A name with a colon cannot reach into another endpoint's keys.
+    assert not endpoint_key("embed:v2", key).startswith(endpoint_prefix("embed"))
+    assert endpoint_key("a%3A", key) != endpoint_key("a:", key)

@@ -12,8 +12,9 @@ or a name that ends where a dtype begins).
 the attacker does not even see (2^128 work). A longer key would only cost Redis memory.
 
 Keys are bare digests; the request path namespaces them per endpoint
-(`endpoint_key`), which is what a purge per endpoint matches on. Endpoint names cannot
-hold ':' (repository.NAME), so one endpoint's prefix never matches another's keys.
+(`endpoint_key`), which is what a purge per endpoint matches on. The config does not
+forbid ':' in an endpoint's name, so it is escaped there: the prefix of endpoint "a"
+never matches the keys of an endpoint "a:b".
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def model_identity(name: str, version: str | int, checksum: str) -> bytes:
     return b"".join(len(p).to_bytes(8, "little") + p for p in (s.encode() for s in parts))
 
 
+def endpoint_prefix(endpoint: str) -> str:
+    """What every key of `endpoint` starts with, and what a purge of it matches."""
+    return endpoint.replace("%", "%25").replace(":", "%3A") + ":"
+
+
 def endpoint_key(endpoint: str, key: str) -> str:
     """The key as stored: namespaced by endpoint, so a purge per endpoint is a prefix."""
-    return f"{endpoint}:{key}"
-
-
-def endpoint_prefix(endpoint: str) -> str:
-    return f"{endpoint}:"
+    return endpoint_prefix(endpoint) + key
 
 
 def _canonical(value: Any) -> Any:
