@@ -137,7 +137,7 @@ class ChatGateway:
         from surge.llm.local import LocalChatBackend
 
         backend = LocalChatBackend(
-            name,
+            f"local/{name}",
             cfg.path,
             threads=cfg.threads,
             max_concurrent=cfg.max_concurrent,
