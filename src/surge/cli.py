@@ -44,8 +44,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(server.log_level, config.observability.logs.format)
     if args.config is None:
         from surge.demo.build import ensure_demo_models
+        from surge.llm.tiny_model import build_tiny_chat_model
 
         ensure_demo_models(config.model_repository)
+        for model in config.llm.models.values():  # the demo's tiny-chat
+            for backend in model.backends:
+                if backend.local is not None:
+                    build_tiny_chat_model(backend.local.path)
     # uvicorn re-raises the signal it shut down on; exiting 0 on it makes SIGTERM a clean stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     common = {

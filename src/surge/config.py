@@ -324,6 +324,10 @@ def load_config(path: Path | None = None) -> Config:
         receipts = config.observability.receipts
         if receipts.url:
             receipts.url = _relative_sqlite(receipts.url, source.parent)
+        for model in config.llm.models.values():  # local model directories, likewise
+            for backend in model.backends:
+                if backend.local is not None and not backend.local.path.is_absolute():
+                    backend.local.path = (source.parent / backend.local.path).resolve()
     _add_env_admin_key(config)
     _urls_from_env(config)
     return config

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -25,7 +25,6 @@ from surge.observe.metrics import LoopHistogram
 
 if TYPE_CHECKING:
     from surge.llm.answer import AnswerEnd, ChatAnswer
-    from surge.llm.model import ChatModel
 
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -33,7 +32,9 @@ BREAKER_VALUE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 
 
 class ChatMetrics(Collector):
-    def __init__(self, models: Callable[[], dict[str, ChatModel]]) -> None:
+    def __init__(self, models: Callable[[], dict[str, Any]]) -> None:
+        """`models`: the chat models by name (each with `open_streams` and
+        `breaker_states()`), read at scrape time."""
         self.models = models
         self.ttft: dict[str, LoopHistogram] = {}
         self.tpot: dict[str, LoopHistogram] = {}
