@@ -11,11 +11,13 @@ import pytest
 from conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
-SNIPPETS = [
+CLIENT_SNIPPETS = [
     (lang, code)
     for lang, code in re.findall(r"```(bash|python)\n(.*?)```", README, re.S)
     if "127.0.0.1:8000" in code and "make serve" not in code
 ]
+SNIPPETS = [(lang, code) for lang, code in CLIENT_SNIPPETS if "chat.completions" not in code]
+CHAT_SNIPPETS = [code for _, code in CLIENT_SNIPPETS if "chat.completions" in code]
 
 
 def test_the_readme_has_the_three_client_snippets():
@@ -23,6 +25,34 @@ def test_the_readme_has_the_three_client_snippets():
     assert sorted(kinds) == sorted(
         [(True, False, False), (False, True, False), (False, False, True)]
     )
+    assert len(CHAT_SNIPPETS) == 1
+
+
+@pytest.fixture(scope="module")
+def chat_demo_server(tmp_path_factory):
+    """The demo's tiny-chat model alone (the protocol tests' demo server skips it: it
+    loads torch)."""
+    from conftest import run_server
+
+    from surge.config import load_config
+    from surge.llm.tiny_model import build_tiny_chat_model
+
+    workdir = tmp_path_factory.mktemp("chat-demo")
+    demo = load_config()
+    (name,) = demo.llm.models
+    path = build_tiny_chat_model(workdir / "tiny-chat")
+    config = {"llm": {"models": {name: {"backends": [{"local": {"path": str(path)}}],
+                                        "default_max_tokens": 32}}}}  # fmt: skip
+    with run_server(config, workdir) as server:
+        yield server
+
+
+def test_the_chat_snippet_streams_from_the_demos_local_model(chat_demo_server):
+    code = CHAT_SNIPPETS[0].replace("127.0.0.1:8000", f"127.0.0.1:{chat_demo_server.port}")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("tokens: 8")
 
 
 @pytest.mark.parametrize("lang,code", SNIPPETS, ids=["curl", "openai", "tritonclient"])
