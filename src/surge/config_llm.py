@@ -124,11 +124,6 @@ class ChatCascadeConfig(_Strict):
         description="the last tier's answers below this mean log-probability go to the "
         "human-review queue (default: min_mean_logprob)",
     )
-    verifier: str | None = Field(
-        None,
-        description="an endpoint scoring (prompt, answer) instead of logprobs: it takes "
-        "one BYTES input and returns a probability in its first output",
-    )
 
 
 class ChatTimeBoxConfig(_Strict):
