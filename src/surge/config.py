@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from surge.config_autoscale import AutoscaleConfig
+from surge.config_cache import CacheConfig
 from surge.config_cluster import ClusterConfig
 from surge.config_llm import LLMConfig
 from surge.config_observe import CostConfig, ObservabilityConfig
@@ -161,6 +162,7 @@ class EndpointConfig(Strict):
         "parameter:<name> (v2 request parameters; OpenAI's `user` field)",
     )
     cost: CostConfig = Field(default_factory=CostConfig)
+    cache: CacheConfig | None = Field(None, description="reuse answers (config_cache.py)")
     autoscale: AutoscaleConfig | None = Field(
         None,
         description="follow the load with the live version's local replica count (README: "

@@ -17,7 +17,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from surge.api import admin, chat, dashboard, feedback, keys, openai, openapi, receipts, v2
+from surge.api import (
+    admin,
+    cache_admin,
+    chat,
+    dashboard,
+    feedback,
+    keys,
+    openai,
+    openapi,
+    receipts,
+    v2,
+)
 from surge.api.auth_middleware import ClientAuthMiddleware
 from surge.api.errors import http_error_handler, surge_error_handler
 from surge.api.inference_routes import InferenceRoutes
@@ -57,6 +68,7 @@ def create_app(config: Config, state: ServerState | None = None) -> ASGIApp:
             *openai.ROUTES,
             *feedback.ROUTES,
             *admin.ROUTES,
+            *cache_admin.ROUTES,
             *keys.ROUTES,
             *receipts.ROUTES,
             *dashboard.ROUTES,

@@ -191,4 +191,20 @@ PATHS: Doc = {
             },
         )
     },
+    "/admin/cache": {
+        "get": admin_view(
+            "Each response cache: requests and rows by result, bytes, savings",
+            "admin_cache",
+            {"type": "object", "properties": {"endpoints": OBJECT}, "required": ["endpoints"]},
+        )
+    },
+    "/admin/cache/{endpoint}/purge": {
+        "post": admin_view(
+            "Purge an endpoint's response cache (Redis, and every process's memory)",
+            "admin_cache_purge",
+            OBJECT,
+            404,
+            parameters=[path_param("endpoint", "An endpoint with a response cache.")],
+        )
+    },
 }

@@ -10,12 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from surge.cache.keys import endpoint_prefix
+from surge.cache.redis_cache import RedisCache
 from surge.cluster.plane import ControlPlane
 from surge.config import Config
+from surge.config_cache import CacheConfig
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
 from surge.llm.gateway import ChatGateway
+from surge.observe.cache_metrics import CacheCollector
 from surge.observe.cluster_metrics import ClusterCollector
 from surge.observe.metrics import Metrics
 from surge.observe.observer import Observer
@@ -34,6 +38,7 @@ from surge.serving.deployment import Deployment
 from surge.serving.endpoint import Endpoint
 from surge.serving.factory import DeploymentFactory
 from surge.serving.mode_driver import MODE_KEY, ModeDriver
+from surge.serving.response_cache import EndpointCache
 from surge.serving.review_pruner import ReviewPruner
 from surge.serving.rollout_leader import RolloutLeader, local_windows
 from surge.serving.rollouts import Rollouts
@@ -66,6 +71,7 @@ class ServerState:
     review_pruner: ReviewPruner | None = None  # review queues' retention and caps
     autoscaler: AutoscaleDriver | None = None  # replica counts that follow the load
     chat: ChatGateway | None = None  # language models behind /v1/chat/completions
+    cache_redis: RedisCache | None = None  # the response caches' shared level
 
     def __post_init__(self) -> None:
         self.admin = AdminAuth(self.config.admin.keys)
@@ -135,6 +141,7 @@ class ServerState:
         for name in config.endpoints:
             endpoint = await rollouts.open_endpoint(name, docs.get(name))
             _log_ready(endpoint.stable)
+        await self._open_caches()
         self.routes = build_routes(
             config.routes, self.endpoints, self._queue_for_review, store, plane.pending.remember
         )
@@ -190,6 +197,11 @@ class ServerState:
         if key in self.endpoints:
             assert self.rollouts is not None
             return await self.rollouts.follow(key, doc, revision)
+        if key.startswith("*cache*:"):  # another process purged an endpoint's cache
+            endpoint = self.endpoints.get(key.partition(":")[2])
+            if endpoint is not None and endpoint.cache is not None:
+                endpoint.cache.memory.purge(endpoint_prefix(endpoint.name))
+            return True
         return True  # a key of another config (another endpoint set) or of a newer release
 
     def _published_state(self) -> dict[str, Any]:
@@ -264,6 +276,27 @@ class ServerState:
             return self.routes
         return {**self.routes, **self.chat.routes}
 
+    async def _open_caches(self) -> None:
+        """Each endpoint's response cache, with one shared Redis level for all of them."""
+        cached = {n: e.cache for n, e in self.config.endpoints.items() if e.cache is not None}
+        if not cached:
+            return
+        url = self.config.redis_url
+        if url and any(c.redis for c in cached.values()):
+            timeout_s = min(c.redis_timeout_ms for c in cached.values()) / 1000
+            stale_s = max(c.stale_in_emergency_s for c in cached.values())
+            self.cache_redis = RedisCache(url, self.config.registry_namespace,
+                                          timeout_s=timeout_s, stale_window_s=stale_s)  # fmt: skip
+            await self.cache_redis.start()
+        for name, cfg in cached.items():
+
+            def stale_allowed_s(cfg: CacheConfig = cfg) -> float:
+                emergency = self.modes is not None and self.modes.mode == "emergency"
+                return cfg.stale_in_emergency_s if emergency else 0.0
+
+            self.endpoints[name].cache = EndpointCache(name, cfg, self.cache_redis, stale_allowed_s)
+        self.metrics.registry.register(CacheCollector(self.endpoints))
+
     def _all_deployments(self) -> list[Deployment]:
         return [d for e in self.endpoints.values() for d in e.deployments]
 
@@ -291,6 +324,8 @@ class ServerState:
             await route.stop()
         if self.chat is not None:
             await self.chat.stop()
+        if self.cache_redis is not None:
+            await self.cache_redis.stop()
         for endpoint in self.endpoints.values():
             await endpoint.close()
         for deployment in self._all_deployments():

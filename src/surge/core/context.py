@@ -72,7 +72,10 @@ class RequestContext:
     wall_time: float = 0.0  # epoch seconds at `received`, for the receipt
     status: int = 0  # the HTTP status answered
     error: str | None = None  # the error code, when not 200
-    cache_hit: bool = False
+    cache_hit: bool = False  # every row came from the response cache
+    # What the response cache did for the request (serving/response_cache.py): result,
+    # rows and rows found, coalesced, stale, the compute it saved; None: no cache.
+    cache: dict[str, Any] | None = None
     # Who set the deadline: the caller ("client", X-Request-Timeout-Ms), the endpoint's
     # `timeout_ms` ("endpoint"), or a burst mode's cap on it ("mode"). A refusal of a
     # deadline the mode itself shortened is no evidence of overload (see admission.py).

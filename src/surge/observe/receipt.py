@@ -46,6 +46,7 @@ def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, A
         "degraded": ctx.degraded,
         "needs_review": ctx.needs_review,
         "cache_hit": ctx.cache_hit,
+        "cache": ctx.cache,
         "currency": currency or FREE.currency,
     }
 
@@ -99,6 +100,7 @@ def render(record: dict[str, Any]) -> dict[str, Any]:
         "degraded": record["degraded"],
         "needs_review": record["needs_review"],
         "cache_hit": record["cache_hit"],
+        "cache": record.get("cache"),
         "tokens": _tokens(record["runs"]),
         "cost": {
             "total": totals["cost"],

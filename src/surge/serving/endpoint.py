@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from surge.core.clock import monotonic
 from surge.core.context import RequestContext
@@ -24,6 +25,9 @@ from surge.routing.split import WeightedSplit, sticky_arm
 from surge.serving.deployment import Deployment
 from surge.serving.target import Hints, Served, rows_of
 from surge.serving.version_stats import VersionStats
+
+if TYPE_CHECKING:
+    from surge.serving.response_cache import EndpointCache
 
 log = logging.getLogger("surge.endpoint")
 
@@ -48,6 +52,7 @@ class Endpoint:
         self.retry_on_stable = retry_on_stable
         self.ab_key = ab_key  # where a sticky A/B split reads the user key
         self.shadow_enabled = True  # burst modes turn shadow mirrors off
+        self.cache: EndpointCache | None = None  # set by the server when configured
         self.clock = clock
         self.stats: dict[str, VersionStats] = {stable.version: VersionStats()}
         self._split: WeightedSplit | None = None
@@ -154,16 +159,16 @@ class Endpoint:
         rows = rows_of(tensors)
         if hints.version is not None:
             pinned = self.pinned(hints.version)
-            return Served(await pinned.infer(ctx, tensors, rows), pinned)
+            return Served(await self._run(pinned, ctx, tensors, rows, hints), pinned)
         if self.candidate is None:
-            return Served(await self.stable.infer(ctx, tensors, rows), self.stable)
+            return Served(await self._run(self.stable, ctx, tensors, rows, hints), self.stable)
         user_key = hints.user_key(self.ab_key) if self.mode == "ab" else None
         target = self._choose(user_key)
         if self.mode != "shadow":
             ctx.decide(self.mode, target.spec.version.ref, self._why(target, user_key))
         started = self.clock()
         try:
-            outputs = await target.infer(ctx, tensors, rows)
+            outputs = await self._run(target, ctx, tensors, rows, hints)
         except SurgeError as error:
             self.stats[target.version].record(self.clock() - started, ok=error.status < 500)
             if not self._may_retry(target, error, ctx):
@@ -171,7 +176,7 @@ class Endpoint:
             self.stats[target.version].retried_on_stable_total += 1
             failed = f"{target.spec.version.ref} answered {error.status} ({error.code})"
             ctx.decide("retry", self.stable.spec.version.ref, f"{failed}; retried on stable")
-            return Served(await self._on_stable(ctx, tensors, rows), self.stable)
+            return Served(await self._on_stable(ctx, tensors, rows, hints), self.stable)
         latency = self.clock() - started
         self.stats[target.version].record(latency, ok=True)
         if self.mode == "shadow" and self.shadow_enabled:
@@ -188,10 +193,27 @@ class Endpoint:
             and ctx.remaining_s(self.clock()) > 0
         )
 
-    async def _on_stable(self, ctx: RequestContext, tensors: Tensors, rows: int) -> Tensors:
+    async def _run(
+        self, deployment: Deployment, ctx: RequestContext, tensors: Tensors, rows: int,
+        hints: Hints,
+    ) -> Tensors:  # fmt: skip
+        """The version's answer, through the response cache when the endpoint has one (a
+        shadow copy never reads or fills it: it is there to measure the model)."""
+        cache = self.cache
+        if cache is None or ctx.role != "live":
+            return await deployment.infer(ctx, tensors, rows)
+
+        def compute(part: Tensors, part_rows: int) -> Awaitable[Tensors]:
+            return deployment.infer(ctx, part, part_rows)
+
+        return await cache.run(deployment, ctx, tensors, rows, hints.parameters, compute)
+
+    async def _on_stable(
+        self, ctx: RequestContext, tensors: Tensors, rows: int, hints: Hints
+    ) -> Tensors:
         started = self.clock()
         try:
-            outputs = await self.stable.infer(ctx, tensors, rows)
+            outputs = await self._run(self.stable, ctx, tensors, rows, hints)
         except SurgeError as error:
             self.stats[self.stable.version].record(self.clock() - started, error.status < 500)
             raise

@@ -1,0 +1,289 @@
+"""An endpoint's response cache on the request path: per-row reuse, coalescing of
+identical requests in flight, two levels (this process's LRU, then Redis).
+
+For a request of n rows: each row's key is looked up in memory, the rows still missing
+in Redis (one MGET); the rows found are not computed. The rest go to the model as one
+smaller request, through single-flight: identical requests in flight in this process
+wait for the first one's answer (each with its own deadline), and with Redis, a process
+claims the computation so the others wait for its answer instead of computing it too.
+Fresh rows are stored in memory at once and in Redis in the background (a request never
+waits on a cache write). Redis that is slow or down turns into misses: serving goes on
+uncached, `surge_cache_redis_up` and one log line say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from surge.cache.coalesce import SingleFlight
+from surge.cache.codec import CorruptEntry, decode, decode_row, encode, encode_rows, stack_rows
+from surge.cache.keys import Uncacheable, endpoint_key, endpoint_prefix, model_identity, row_keys
+from surge.cache.memory import MemoryCache
+from surge.config_cache import CacheConfig
+from surge.core.clock import monotonic
+from surge.core.errors import SurgeError
+from surge.core.tensors import Tensors
+
+if TYPE_CHECKING:
+    from surge.cache.redis_cache import RedisCache
+    from surge.core.context import RequestContext
+    from surge.serving.deployment import Deployment
+
+log = logging.getLogger("surge.cache")
+
+# Request parameters that never change an answer: how it is encoded, who asked.
+IGNORED_PARAMETERS = frozenset(
+    {"user", "binary_data_output", "binary_data", "binary_data_size", "content_type"}
+)
+MAX_PENDING_WRITES = 256  # background Redis writes in flight; past it, skipped (memory has it)
+FLIGHT_RESULT_TTL_S = 10.0  # a cross-process leader's answer, kept for its waiters
+
+Compute = Callable[[Tensors, int], Awaitable[Tensors]]
+
+
+class LeaderDeadline(SurgeError):
+    """The computing request's own deadline ran out: its waiters, whose deadlines may be
+    later, compute for themselves rather than share a failure that was not theirs."""
+
+
+class EndpointCache:
+    def __init__(
+        self,
+        endpoint: str,
+        config: CacheConfig,
+        redis: RedisCache | None,
+        stale_allowed_s: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.redis = redis if config.redis else None
+        self.stale_allowed_s = stale_allowed_s
+        self.clock = clock
+        self.memory = MemoryCache(config.max_bytes)
+        self.flights = SingleFlight(retry_on=(LeaderDeadline,))
+        self.results: Counter[str] = Counter()  # per request: hit, miss, coalesced, stale
+        self.rows: Counter[str] = Counter()  # per row: hit, miss
+        self.saved_compute_s = 0.0
+        self._identities: dict[int, tuple[Deployment, bytes]] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    def identity(self, deployment: Deployment) -> bytes:
+        """The serving version's identity: name, version and a digest of its manifest
+        (checksums and parameters) and quantization; computed once per deployment."""
+        found = self._identities.get(id(deployment))
+        if found is not None and found[0] is deployment:
+            return found[1]
+        spec = deployment.spec
+        manifest = orjson.dumps(
+            spec.version.manifest.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS
+        )
+        digest = hashlib.sha256(manifest + b"|" + str(spec.quantization).encode()).hexdigest()
+        identity = model_identity(spec.version.model, spec.version.version, digest)
+        if len(self._identities) > 64:  # old versions come and go with rollouts
+            self._identities.clear()
+        self._identities[id(deployment)] = (deployment, identity)
+        return identity
+
+    async def run(
+        self,
+        deployment: Deployment,
+        ctx: RequestContext,
+        tensors: Tensors,
+        rows: int,
+        parameters: dict[str, Any] | None,
+        compute: Compute,
+    ) -> Tensors:
+        """The request's outputs, from the cache where it can, else from `compute`."""
+        params = {k: v for k, v in (parameters or {}).items() if k not in IGNORED_PARAMETERS}
+        tenant = ctx.tenant if self.config.scope == "tenant" else None
+        try:
+            keys = [
+                endpoint_key(self.endpoint, k)
+                for k in row_keys(self.identity(deployment), tensors, params, tenant)
+            ]
+        except Uncacheable:
+            return await compute(tensors, rows)
+        found, stale = await self._look_up(keys)
+        missing = [i for i, value in enumerate(found) if value is None]
+        hit_rows = rows - len(missing)
+        self.rows["hit"] += hit_rows
+        self.rows["miss"] += len(missing)
+        coalesced = False
+        fresh: Tensors | None = None
+        if missing:
+            fresh, coalesced = await self._compute(deployment, ctx, tensors, missing, keys, compute)
+        result = "stale" if stale and not missing else "hit" if not missing else "miss"
+        if coalesced:
+            result = "coalesced"
+        self.results[result] += 1
+        saved = deployment.latency.estimate_s(hit_rows) if hit_rows else 0.0
+        if coalesced:
+            saved = deployment.latency.estimate_s(len(missing))
+        self.saved_compute_s += saved
+        ctx.cache_hit = not missing
+        ctx.cache = {"result": result, "rows": rows, "hit_rows": hit_rows,
+                     "coalesced": coalesced, "stale": stale, "saved_compute_s": saved}  # fmt: skip
+        if fresh is not None and len(missing) == rows:
+            return fresh
+        return self._assemble(found, fresh, missing)
+
+    def _assemble(
+        self, found: list[bytes | None], fresh: Tensors | None, missing: list[int]
+    ) -> Tensors:
+        """Cached and fresh rows back into one answer, in the request's order."""
+        row_dicts: list[dict[str, np.ndarray]] = []
+        next_fresh = 0
+        for value in found:
+            if value is not None:
+                row_dicts.append(decode_row(value))
+            else:
+                assert fresh is not None
+                row_dicts.append({n: a[next_fresh] for n, a in fresh.items()})
+                next_fresh += 1
+        return stack_rows(row_dicts)
+
+    async def _look_up(self, keys: list[str]) -> tuple[list[bytes | None], bool]:
+        now = self.clock()
+        stale_s = self.stale_allowed_s()
+        found: list[bytes | None] = []
+        stale = False
+        for key in keys:
+            entry = self.memory.get(key, now)
+            if entry is None and stale_s > 0:
+                entry = self.memory.get_stale(key, now, stale_s)
+                stale = stale or entry is not None
+            found.append(None if entry is None else entry.value)
+        missing = [i for i, value in enumerate(found) if value is None]
+        redis = self.redis
+        if missing and redis is not None and redis.healthy:
+            entries = await redis.get_many([keys[i] for i in missing], max_stale_s=stale_s)
+            wall = time.time()
+            for i, entry in zip(missing, entries, strict=True):
+                if entry is None:
+                    continue
+                found[i] = entry.value
+                stale = stale or entry.stale
+                if not entry.stale:  # what another process computed is served here next
+                    self.memory.put(keys[i], entry.value, now, max(0.0, entry.expires_at - wall))
+        return found, stale
+
+    async def _compute(
+        self,
+        deployment: Deployment,
+        ctx: RequestContext,
+        tensors: Tensors,
+        missing: list[int],
+        keys: list[str],
+        compute: Compute,
+    ) -> tuple[Tensors, bool]:
+        rows = len(next(iter(tensors.values())))
+        part = tensors if len(missing) == rows else {n: a[missing] for n, a in tensors.items()}
+        missing_keys = [keys[i] for i in missing]
+        flight = endpoint_key(self.endpoint, _flight_key(missing_keys))
+
+        async def leader() -> Tensors:
+            outputs = await self._computed_once(ctx, flight, part, len(missing), compute)
+            self._store(missing_keys, outputs)
+            return outputs
+
+        if not self.config.coalesce:
+            return await leader(), False
+        try:
+            shared = await self.flights.run(flight, leader, timeout_s=_left(ctx, self.clock()))
+        except TimeoutError:
+            raise SurgeError(
+                "deadline_exceeded",
+                f"{self.endpoint}: the deadline passed while waiting for an identical "
+                "request's answer",
+                504,
+            ) from None
+        return shared.value, shared.coalesced
+
+    async def _computed_once(
+        self, ctx: RequestContext, flight: str, part: Tensors, rows: int, compute: Compute
+    ) -> Tensors:
+        """Compute, or, when another process already is (Redis), wait for its answer."""
+        redis = self.redis if self.config.coalesce else None
+        claimed = False
+        if redis is not None and redis.healthy:
+            left = _left(ctx, self.clock())
+            claimed = await redis.claim(flight, ttl_ms=max(1, int(left * 1000)))
+            if not claimed:
+                loop = asyncio.get_running_loop()
+                entry = await redis.wait_for(flight, loop.time() + left)
+                if entry is not None:
+                    try:
+                        return decode(entry.value)
+                    except CorruptEntry:
+                        pass  # computed here instead
+        try:
+            outputs = await self._compute_guarded(ctx, part, rows, compute)
+            if claimed and redis is not None:
+                await redis.put(flight, encode(outputs), FLIGHT_RESULT_TTL_S)
+            return outputs
+        finally:
+            if claimed and redis is not None:
+                await redis.release(flight)
+
+    async def _compute_guarded(
+        self, ctx: RequestContext, part: Tensors, rows: int, compute: Compute
+    ) -> Tensors:
+        try:
+            return await compute(part, rows)
+        except SurgeError as error:
+            if error.status == 504 and ctx.remaining_s(self.clock()) <= 0:
+                raise LeaderDeadline(error.code, error.message, 504) from None
+            raise
+
+    def _store(self, keys: list[str], outputs: Tensors) -> None:
+        try:
+            values = encode_rows(outputs)
+        except Uncacheable:
+            return
+        now, ttl = self.clock(), self.config.ttl_s
+        for key, value in zip(keys, values, strict=True):
+            self.memory.put(key, value, now, ttl)
+        redis = self.redis
+        if redis is not None and redis.healthy and len(self._writes) < MAX_PENDING_WRITES:
+            task = asyncio.ensure_future(redis.put_many(list(zip(keys, values, strict=True)), ttl))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def purge(self) -> dict[str, Any]:
+        """Forget every answer of this endpoint, here and in Redis (other processes'
+        memory keeps theirs until it expires: say `surge cache purge` on each, or wait ttl_s)."""
+        prefix = endpoint_prefix(self.endpoint)
+        dropped = self.memory.purge(prefix)
+        shared = None
+        if self.redis is not None:
+            result = await self.redis.purge(prefix)
+            shared = {"deleted": result.deleted, "complete": result.complete}
+        return {"endpoint": self.endpoint, "memory_entries": dropped, "redis": shared}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.results),
+            "rows": dict(self.rows),
+            "saved_compute_s": self.saved_compute_s,
+            "memory": self.memory.stats(),
+            "coalescing": self.flights.stats(),
+            "redis_up": None if self.redis is None else self.redis.healthy,
+        }
+
+
+def _flight_key(keys: list[str]) -> str:
+    return hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
+
+
+def _left(ctx: RequestContext, now: float) -> float:
+    return max(0.001, ctx.remaining_s(now))
