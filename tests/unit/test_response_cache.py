@@ -29,7 +29,7 @@ def deployment(version: str = "1", checksum: str = "a" * 64) -> SimpleNamespace:
     manifest = SimpleNamespace(model_dump=lambda mode: {"checksums": {"m.onnx": checksum}})
     spec = SimpleNamespace(
         version=SimpleNamespace(model="embed", version=version, manifest=manifest),
-        quantization="none",
+        settings=SimpleNamespace(quantization="none"),
     )
     return SimpleNamespace(spec=spec, latency=BatchLatencyModel())
 

@@ -87,7 +87,9 @@ class EndpointCache:
         manifest = orjson.dumps(
             spec.version.manifest.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS
         )
-        digest = hashlib.sha256(manifest + b"|" + str(spec.quantization).encode()).hexdigest()
+        digest = hashlib.sha256(
+            manifest + b"|" + str(spec.settings.quantization).encode()
+        ).hexdigest()
         identity = model_identity(spec.version.model, spec.version.version, digest)
         if len(self._identities) > 64:  # old versions come and go with rollouts
             self._identities.clear()
