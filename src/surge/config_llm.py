@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -90,6 +90,22 @@ class LocalModelConfig(_Strict):
 BackendConfig.model_rebuild()
 
 
+class ChatCacheConfig(_Strict):
+    """Reuse of complete answers to the same messages and parameters (llm/chat_cache.py)."""
+
+    ttl_s: float = Field(300.0, gt=0, description="how long an answer is reused")
+    max_bytes: int = Field(16 << 20, gt=0, description="this process's LRU, by bytes")
+    scope: Literal["shared", "tenant"] = Field(
+        "shared", description="tenant: each tenant has its own entries, never another's"
+    )
+    redis: bool = Field(True, description="also keep answers in Redis (`redis_url`)")
+    allow_sampling: bool = Field(
+        False,
+        description="also reuse answers to unseeded samples (temperature > 0), which makes "
+        "a varied answer a fixed one; off: only temperature 0 or a seed are reused",
+    )
+
+
 class ChatModelConfig(_Strict):
     backends: list[BackendConfig] = Field(
         min_length=1,
@@ -109,6 +125,7 @@ class ChatModelConfig(_Strict):
     timeout_ms: float = Field(
         60_000.0, gt=0, description="deadline when the client sends no X-Request-Timeout-Ms"
     )
+    cache: ChatCacheConfig | None = None
 
 
 class ChatCascadeConfig(_Strict):
@@ -162,10 +179,13 @@ class ChatRouteConfig(_Strict):
     bandit: BanditConfig | None = Field(
         None, description="as for routes' bandit; its arms are chat models"
     )
+    cache: ChatCacheConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ChatRouteConfig:
         set_ = [k for k in ("cascade", "time_boxed", "rules", "bandit") if getattr(self, k)]
+        if self.cache is not None and self.cache.allow_sampling and self.bandit is not None:
+            raise ValueError("a bandit route learns from varied answers: allow_sampling is off")
         if len(set_) != 1:
             raise ValueError("a chat route has exactly one of cascade, time_boxed, rules, bandit")
         return self

@@ -61,6 +61,11 @@ def server(
                 },
                 "small": {"backends": [{"provider": "west", "model": "small"}]},
                 "big": {"backends": [{"provider": "east", "model": "big"}]},
+                "cached": {
+                    "backends": [{"provider": "west", "model": "cached"}],
+                    "cache": {"ttl_s": 60},
+                    "price_per_1k_completion_tokens": 1.0,
+                },
                 "narrow": {
                     "backends": [{"provider": "west", "model": "narrow"}],
                     "max_concurrent_streams": 2,
@@ -77,10 +82,17 @@ def server(
             yield srv
     finally:
         os.environ.pop(API_KEY_ENV, None)
+        while OPENED:
+            OPENED.pop().close()
+
+
+OPENED: list[openai.OpenAI] = []  # closed with the server: no socket left to the GC
 
 
 def client(server: Server, **options: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, **options)  # type: ignore[arg-type]
+    made = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, **options)  # type: ignore[arg-type]
+    OPENED.append(made)
+    return made
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -297,3 +309,25 @@ def test_config_names_the_key_variable_not_the_key(server: Server) -> None:
     written = next(Path(server.log_path).parent.glob("surge-*.yaml")).read_text()
     assert API_KEY_ENV in written and API_KEY not in written
     assert API_KEY not in server.log()
+
+
+def test_a_deterministic_answer_is_reused_and_a_sampled_one_is_not(
+    server: Server, west: FakeLLM
+) -> None:
+    chat = client(server)
+    asked = {"model": "cached", "messages": user("reuse me tokens=4")}
+    before = west.requests
+    first = chat.chat.completions.with_raw_response.create(**asked, temperature=0)
+    again = chat.chat.completions.with_raw_response.create(**asked, temperature=0)
+    assert west.requests - before == 1
+    assert again.headers["X-Surge-Route"] == "cached@cache"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert again.parse().usage.completion_tokens == 4
+    streamed = chat.chat.completions.create(**asked, temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == "tok0 tok1 tok2 tok3" and west.requests - before == 1
+    for _ in range(2):  # an unseeded sample is not reused
+        chat.chat.completions.create(**asked, temperature=0.7)
+    assert west.requests - before == 3
+    seeded = [chat.chat.completions.create(**asked, temperature=0.7, seed=5) for _ in range(2)]
+    assert west.requests - before == 4 and seeded[0].choices[0].message.content

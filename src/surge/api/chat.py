@@ -32,6 +32,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.llm.answer import ChatAnswer
 from surge.llm.asked import Asked
+from surge.llm.chat_cache import CACHE_BACKEND, replayed
 from surge.llm.chat_request import (
     ChatRequest,
     count_tokens_estimate,
@@ -40,7 +41,7 @@ from surge.llm.chat_request import (
 )
 from surge.llm.gateway import ChatGateway
 from surge.llm.openai_chunks import DONE, ChunkWriter, completion, completion_id
-from surge.llm.stream import BackendError, Finish
+from surge.llm.stream import BackendError, ChatCall, Finish
 from surge.serving.target import Hints
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -75,7 +76,7 @@ async def chat_completions(exchange: Exchange) -> Answer:
     gateway.take_stream()
     try:
         ctx.stamp("routed", monotonic())
-        answer = await target.open(ctx, call, asked)
+        answer = await _open(gateway, target, ctx, call, asked)
     except BaseException:
         gateway.release_stream()
         raise
@@ -87,6 +88,33 @@ async def chat_completions(exchange: Exchange) -> Answer:
         return await _whole(exchange, ctx, answer, request, headers)
     finally:
         gateway.release_stream()
+
+
+async def _open(
+    gateway: ChatGateway, target: Any, ctx: RequestContext, call: ChatCall, asked: Asked
+) -> ChatAnswer:
+    """The answer: reused from the name's cache when the same request was answered
+    before (deterministically), else opened on the target (and kept when it completes)."""
+    cache = gateway.caches.get(target.name)
+    key = cache.key(call, ctx.tenant) if cache is not None else None
+    if cache is None or key is None:
+        return await target.open(ctx, call, asked)
+    cached = await cache.get(key)
+    if cached is not None:
+        usage = cached.usage
+        first = target.models[0]  # what the answer would have cost again, at its prices
+        saved = first.price(usage.prompt_tokens, usage.completion_tokens)
+        ctx.cache_hit = True
+        ctx.cache = {
+            "result": "hit", "rows": 1, "hit_rows": 1, "coalesced": False, "stale": False,
+            "saved_cost": saved, "saved_tokens": usage.total_tokens,
+        }  # fmt: skip
+        ctx.decide("cache", CACHE_BACKEND, "the same request was answered before")
+        return replayed(target.name, cached, ctx.deadline)
+    answer = await target.open(ctx, call, asked)
+    ctx.cache = {"result": "miss", "rows": 1, "hit_rows": 0, "coalesced": False, "stale": False}
+    cache.keep(key, answer)
+    return answer
 
 
 def _reviewed(target: Any) -> bool:

@@ -153,7 +153,9 @@ class ServerState:
             route.start()
         self.metrics.registry.register(RouteCollector(self.routes))
         self.chat = ChatGateway(config.llm)
-        await self.chat.start(store, plane.pending.remember, self._queue_chat_for_review)
+        await self.chat.start(
+            store, plane.pending.remember, self._queue_chat_for_review, self.cache_redis
+        )
         self.metrics.registry.register(self.chat.metrics)
         self.modes = modes = ModeDriver(
             config.modes, self.endpoints, self.routes, self.metrics, store
@@ -279,12 +281,15 @@ class ServerState:
     async def _open_caches(self) -> None:
         """Each endpoint's response cache, with one shared Redis level for all of them."""
         cached = {n: e.cache for n, e in self.config.endpoints.items() if e.cache is not None}
-        if not cached:
-            return
+        llm = self.config.llm
+        chat_redis = any(
+            c.cache is not None and c.cache.redis
+            for c in [*llm.models.values(), *llm.routes.values()]
+        )
         url = self.config.redis_url
-        if url and any(c.redis for c in cached.values()):
-            timeout_s = min(c.redis_timeout_ms for c in cached.values()) / 1000
-            stale_s = max(c.stale_in_emergency_s for c in cached.values())
+        if url and (chat_redis or any(c.redis for c in cached.values())):
+            timeout_s = min([c.redis_timeout_ms for c in cached.values()] + [20.0]) / 1000
+            stale_s = max([c.stale_in_emergency_s for c in cached.values()] + [0.0])
             self.cache_redis = RedisCache(url, self.config.registry_namespace,
                                           timeout_s=timeout_s, stale_window_s=stale_s)  # fmt: skip
             await self.cache_redis.start()

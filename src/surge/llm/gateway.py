@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from surge.config_llm import LLMConfig, ProviderConfig, provider_api_key
 from surge.core.errors import SurgeError
+from surge.llm.chat_cache import ChatCache
 from surge.llm.metrics import ChatMetrics
 from surge.llm.model import BackendSlot, ChatModel
 from surge.llm.routes import ChatBandit, ChatCascade, ChatRules, ChatTarget, ChatTimeBox, ReviewHook
@@ -22,6 +23,7 @@ from surge.llm.stream import ChatBackend
 from surge.routing.breaker import BreakerPolicy, CircuitBreaker
 
 if TYPE_CHECKING:
+    from surge.cache.redis_cache import RedisCache
     from surge.config_routes import BanditConfig
     from surge.store.registry import RegistryStore
 
@@ -37,6 +39,7 @@ class ChatGateway:
         self.backends: list[ChatBackend] = []
         self.metrics = ChatMetrics(lambda: self.models)
         self.open_streams = 0
+        self.caches: dict[str, ChatCache] = {}  # public name -> its answer cache
 
     @property
     def enabled(self) -> bool:
@@ -74,6 +77,7 @@ class ChatGateway:
         store: RegistryStore,
         remember: Callable[..., None],
         review: ReviewHook,
+        redis: RedisCache | None = None,
     ) -> None:
         for name, cfg in self.config.models.items():
             slots = []
@@ -101,9 +105,24 @@ class ChatGateway:
             else:
                 assert route.bandit is not None
                 self.routes[name] = self._bandit(name, route.bandit, store, remember)
+        self._open_caches(redis)
         for bandit in self.bandits:
             await bandit.sync()
             bandit.start()
+
+    def _open_caches(self, redis: RedisCache | None) -> None:
+        """An answer cache per model or route that asks for one; its identity is its
+        config (and, for a route, its models'), so a changed config never reuses."""
+        models = self.config.models
+        for name, cfg in models.items():
+            if cfg.cache is not None:
+                doc = cfg.model_dump(mode="json")
+                self.caches[name] = ChatCache(name, cfg.cache, doc, redis)
+        for name, route in self.config.routes.items():
+            if route.cache is not None:
+                used = {m: models[m].model_dump(mode="json") for m in route.targets()}
+                doc = {"route": route.model_dump(mode="json"), "models": used}
+                self.caches[name] = ChatCache(name, route.cache, doc, redis)
 
     @property
     def bandits(self) -> list[ChatBandit]:
