@@ -126,6 +126,12 @@ def render_costs(doc: dict[str, Any]) -> None:
             name = (t["tenant"] or "(none)")[:20]
             tokens = f"{t['prompt_tokens']:>11} {t['completion_tokens']:>11}"
             print(f"{name:20} {t['requests']:>9} {tokens} {t['cost']:>12.6f}")
+    saved = doc.get("cache_saved", [])
+    if saved:
+        print(f"\n{'cache saved':20} {'requests':>9} {'compute s':>10} {'cost':>12}")
+        for s in saved:
+            print(f"{s['endpoint'][:20]:20} {s['requests_reused']:>9} {s['compute_s']:>10.3f} "
+                  f"{s['cost']:>12.6f}")  # fmt: skip
     render_budgets(doc.get("tenants", []))
 
 

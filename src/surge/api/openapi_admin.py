@@ -186,7 +186,12 @@ PATHS: Doc = {
             "admin_costs",
             {
                 "type": "object",
-                "properties": {"endpoints": {}, "energy_sources": {}, "by_tenant": {}},
+                "properties": {
+                    "endpoints": {},
+                    "energy_sources": {},
+                    "by_tenant": {},
+                    "cache_saved": {},
+                },
                 "required": ["endpoints", "energy_sources"],
             },
         )

@@ -127,6 +127,7 @@ async def costs(request: Request) -> Response:
         {
             "endpoints": observer.costs.snapshot(state.endpoints, monotonic()),
             "by_tenant": observer.costs.by_tenant(),
+            "cache_saved": observer.costs.cache_savings(),
             "energy_sources": observer.energy_sources(state.endpoints),
         }
     )

@@ -51,6 +51,8 @@ class CostLedger:
         self.tenants = frozenset(tenants)  # those labelled by name (`config.tenants`)
         self._lock = threading.Lock()
         self.totals: dict[tuple[str, str, str], Totals] = {}  # (endpoint, version, tenant)
+        # endpoint -> [requests answered wholly from the cache, compute s saved, cost saved]
+        self.saved: dict[str, list[float]] = {}
 
     def tenant_label(self, tenant: str | None) -> str:
         if not tenant:
@@ -61,6 +63,13 @@ class CostLedger:
         """Add receipt records (`observe.receipt.record_of`: runs priced already)."""
         with self._lock:
             for record in records:
+                cache = record.get("cache")
+                if cache is not None and record["status"] == 200:
+                    saved = self.saved.setdefault(cache.get("endpoint") or record["endpoint"],
+                                                  [0, 0.0, 0.0])  # fmt: skip
+                    saved[0] += 1 if cache["result"] in ("hit", "stale", "coalesced") else 0
+                    saved[1] += cache.get("saved_compute_s", 0.0)
+                    saved[2] += cache.get("saved_cost", 0.0)
                 tenant = self.tenant_label(record["tenant"])
                 for run in record["runs"]:
                     key = (run["endpoint"], run["version"], tenant)
@@ -107,6 +116,14 @@ class CostLedger:
                 row["busy_s"] = deployment.busy_s
                 row["idle_s"], row["idle_cost"] = self.idle(deployment, now)
         return [rows[k] for k in sorted(rows)]
+
+    def cache_savings(self) -> list[dict[str, Any]]:
+        """What the response caches saved, per endpoint (`surge costs`, the dashboard)."""
+        with self._lock:
+            return [
+                {"endpoint": e, "requests_reused": int(s[0]), "compute_s": s[1], "cost": s[2]}
+                for e, s in sorted(self.saved.items())
+            ]
 
     def by_tenant(self) -> list[dict[str, Any]]:
         """Per tenant (endpoints summed): requests, tokens and cost; `surge costs` shows it."""

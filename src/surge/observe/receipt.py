@@ -32,6 +32,13 @@ def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, A
             run["cost"] = run["compute_s"] * price.per_compute_second + run["rows"] * price.per_item
             run["currency"] = price.currency
         currency = currency or run["currency"]
+    cache = ctx.cache
+    if cache is not None and "saved_cost" not in cache and "endpoint" in cache:
+        # What the reused rows would have cost, at the endpoint's prices now.
+        price = prices.get(cache["endpoint"], FREE)
+        saved_rows = cache["hit_rows"] if not cache["coalesced"] else cache["rows"]
+        cache = {**cache, "saved_cost": cache["saved_compute_s"] * price.per_compute_second
+                 + saved_rows * price.per_item}  # fmt: skip
     return {
         "id": ctx.request_id,
         "endpoint": ctx.endpoint,
@@ -46,7 +53,7 @@ def record_of(ctx: RequestContext, prices: dict[str, CostConfig]) -> dict[str, A
         "degraded": ctx.degraded,
         "needs_review": ctx.needs_review,
         "cache_hit": ctx.cache_hit,
-        "cache": ctx.cache,
+        "cache": cache,
         "currency": currency or FREE.currency,
     }
 

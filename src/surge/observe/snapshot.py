@@ -248,6 +248,28 @@ def _spend_row(
 # -- the snapshot ------------------------------------------------------------------------------
 
 
+def _cache(state: Any) -> list[dict[str, Any]]:
+    """Each response cache: hit rate, bytes, what it saved (the dashboard's cache table)."""
+    saved = {s["endpoint"]: s for s in state.observer.costs.cache_savings()}
+    rows = []
+    for name, endpoint in state.endpoints.items():
+        cache = endpoint.cache
+        if cache is None:
+            continue
+        answered = sum(cache.results.values())
+        reused = answered - cache.results["miss"]
+        memory = cache.memory.stats()
+        rows.append({
+            "endpoint": name, "requests": answered,
+            "hit_rate": round(reused / answered, 4) if answered else None,
+            "bytes": memory["bytes"], "evictions": memory["evictions"],
+            "redis_up": None if cache.redis is None else cache.redis.healthy,
+            "saved_compute_s": cache.saved_compute_s,
+            "saved_cost": saved.get(name, {}).get("cost", 0.0),
+        })  # fmt: skip
+    return rows
+
+
 def build_snapshot(state: Any, now: float, rates: SnapshotRates | None = None) -> dict[str, Any]:
     """Everything the dashboard draws. `rates` carries the previous polls (keep one per
     server and pass it each time); without it rates and windows are unknown (None)."""
@@ -294,6 +316,7 @@ def build_snapshot(state: Any, now: float, rates: SnapshotRates | None = None) -
         "versions": _versions(state),
         "routes": _routes(state),
         "costs": costs,
+        "cache": _cache(state),
         "spend": spend_rows,
         "drift": state.observer.drift.snapshot(),
         "receipts": _receipts(state.observer),

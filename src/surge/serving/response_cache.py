@@ -133,8 +133,10 @@ class EndpointCache:
             saved = deployment.latency.estimate_s(len(missing))
         self.saved_compute_s += saved
         ctx.cache_hit = not missing
-        ctx.cache = {"result": result, "rows": rows, "hit_rows": hit_rows,
-                     "coalesced": coalesced, "stale": stale, "saved_compute_s": saved}  # fmt: skip
+        ctx.cache = {
+            "endpoint": self.endpoint, "result": result, "rows": rows, "hit_rows": hit_rows,
+            "coalesced": coalesced, "stale": stale, "saved_compute_s": saved,
+        }  # fmt: skip
         if fresh is not None and len(missing) == rows:
             return fresh
         return self._assemble(found, fresh, missing)
