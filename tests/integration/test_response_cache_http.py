@@ -50,6 +50,7 @@ def cache_config(demo_models: Path, redis: RedisServer) -> dict:
             "embed_plain": {**embed, "model": "embed"},  # the same model, uncached
             "digits": {"cache": {"ttl_s": 300, "scope": "tenant"}, "timeout_ms": 15000},
         },
+        "routes": {"digits_in_time": {"ladder": {"rungs": ["digits"]}}},
     }
 
 
@@ -213,3 +214,19 @@ def test_redis_stopped_mid_load_fails_no_request(
             assert 'surge_cache_redis_up{endpoint="embed"} 0.0' in up
     finally:
         private.kill()
+
+
+def test_the_ladder_serves_a_cached_answer_when_no_rung_fits(servers) -> None:
+    a, _ = servers
+    body = orjson.loads(Path("examples/requests/digit-0.json").read_bytes())
+    url = f"{a.url}/v2/models/digits_in_time/infer"
+    first = httpx.post(url, json=body, headers={"X-Surge-Receipt": "1"})
+    assert first.status_code == 200
+    # 0.05 ms: no model fits; the answer computed a moment ago does
+    late = httpx.post(url, json=body, headers={"X-Request-Timeout-Ms": "0.05",
+                                               "X-Surge-Receipt": "1"})  # fmt: skip
+    assert late.status_code == 200, late.text
+    assert "degraded" in late.headers["X-Surge-Route"]
+    receipt = orjson.loads(late.headers["X-Surge-Receipt"])
+    assert receipt["cache"]["result"] == "stale" and receipt["degraded"]
+    assert late.json()["outputs"] == first.json()["outputs"]

@@ -188,7 +188,29 @@ class LadderRoute(RouteBase):
         self.counts[choice.target, "degraded" if choice.degraded else "best"] += 1
         if choice.degraded:
             ctx.degraded = True
+            if choice.estimate_s > choice.remaining_s * self.safety_margin:
+                cached = self._cached_answer(ctx, tensors, hints)
+                if cached is not None:
+                    return cached
         return await self.targets[choice.target].infer(ctx, tensors, hints)
+
+    def _cached_answer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served | None:
+        """When not even the cheapest rung fits: an answer a rung's cache holds for this
+        input (the best rung's first), marked degraded, rather than a 504."""
+        for rung in self.rungs:
+            endpoint = self.targets[rung.target]
+            cache = getattr(endpoint, "cache", None)
+            if cache is None:
+                continue
+            deployment = endpoint.interface()
+            outputs = cache.cached_answer(deployment, ctx, tensors, hints.parameters)
+            if outputs is not None:
+                self.counts[rung.target, "cached"] += 1
+                ctx.decide("ladder", f"{rung.target} (cached answer)",
+                           "no rung fits the time left: a cached answer instead",
+                           degraded=True)  # fmt: skip
+                return Served(outputs, deployment)
+        return None
 
 
 class FallbackRoute(RouteBase):
