@@ -90,6 +90,24 @@ class LocalModelConfig(_Strict):
 BackendConfig.model_rebuild()
 
 
+class SemanticCacheConfig(_Strict):
+    """Reuse of an answer to a *similar* prompt (llm/chat_cache.py), off unless set.
+
+    Measured on a hand-labelled set of paraphrases and hard negatives with
+    all-MiniLM-L6-v2 (`benchmarks/results/semantic_cache.md`): no threshold reached 95 %
+    precision: swapped entities and negations ("London to New York" / "New York to
+    London") score above 0.98. So there is no default threshold: choose it on your own
+    traffic, and prefer it where a near answer is acceptable.
+    """
+
+    embedding_endpoint: str = Field(
+        description="an endpoint of `endpoints:` with one BYTES input and an `embedding` output"
+    )
+    threshold: float = Field(gt=0, le=1, description="cosine a similar prompt must reach")
+    max_entries: int = Field(10_000, ge=1, description="prompts remembered (oldest go first)")
+    max_bytes: int = Field(16 << 20, gt=0, description="answers remembered, by bytes")
+
+
 class ChatCacheConfig(_Strict):
     """Reuse of complete answers to the same messages and parameters (llm/chat_cache.py)."""
 
@@ -103,6 +121,9 @@ class ChatCacheConfig(_Strict):
         False,
         description="also reuse answers to unseeded samples (temperature > 0), which makes "
         "a varied answer a fixed one; off: only temperature 0 or a seed are reused",
+    )
+    semantic: SemanticCacheConfig | None = Field(
+        None, description="also reuse the answer to a similar prompt (off by default)"
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.fake_llm import FakeLLM
 from tests.integration.conftest import ADMIN, Server, run_server
 from tests.redis_server import REDIS_SERVER, RedisServer
 
@@ -55,12 +56,24 @@ def cache_config(demo_models: Path, redis: RedisServer) -> dict:
 
 
 @pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
 def servers(
-    demo_models: Path, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    demo_models: Path, redis: RedisServer, llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Server]]:
     """Two processes sharing one Redis and one registry (a purge reaches both through it)."""
     shared = tmp_path_factory.mktemp("cache-registry") / "registry.db"
-    config = {**cache_config(demo_models, redis), "registry_url": f"sqlite:///{shared}"}
+    semantic = {"embedding_endpoint": "embed", "threshold": 0.85}
+    chat = {"backends": [{"provider": "fake", "model": "m"}], "cache": {"semantic": semantic}}
+    config = {
+        **cache_config(demo_models, redis),
+        "registry_url": f"sqlite:///{shared}",
+        "llm": {"providers": {"fake": {"url": llm.url}}, "models": {"faq": chat}},
+    }
     with (
         run_server(config, tmp_path_factory.mktemp("cache-a")) as a,
         run_server(config, tmp_path_factory.mktemp("cache-b")) as b,
@@ -230,3 +243,30 @@ def test_the_ladder_serves_a_cached_answer_when_no_rung_fits(servers) -> None:
     receipt = orjson.loads(late.headers["X-Surge-Receipt"])
     assert receipt["cache"]["result"] == "stale" and receipt["degraded"]
     assert late.json()["outputs"] == first.json()["outputs"]
+
+
+def test_a_similar_prompt_gets_the_semantic_caches_answer(servers, llm: FakeLLM) -> None:
+    a, _ = servers
+
+    def ask(text: str) -> httpx.Response:
+        body = {"model": "faq", "temperature": 0,
+                "messages": [{"role": "user", "content": text}]}  # fmt: skip
+        answer = httpx.post(f"{a.url}/v1/chat/completions", json=body,
+                            headers={"X-Surge-Receipt": "1"}, timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        return answer
+
+    before = llm.requests
+    first = ask("What is the capital of France?")
+    assert cache_of(first)["result"] == "miss"
+    similar = ask("what is the capital city of France")
+    assert llm.requests - before == 1
+    found = cache_of(similar)
+    assert found["result"] == "similar" and 0.85 <= found["cosine"] < 1.0
+    assert similar.headers["X-Surge-Route"] == "faq@cache"
+    assert (
+        similar.json()["choices"][0]["message"]["content"]
+        == (first.json()["choices"][0]["message"]["content"])
+    )
+    other = ask("How long should bread dough rise?")
+    assert cache_of(other)["result"] == "miss" and llm.requests - before == 2

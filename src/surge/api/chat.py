@@ -100,6 +100,9 @@ async def _open(
     if cache is None or key is None:
         return await target.open(ctx, call, asked)
     cached = await cache.get(key)
+    cosine, vector = 1.0, None
+    if cached is None and cache.semantic is not None:
+        cached, cosine, vector = await cache.similar(prompt_text(call), ctx.tenant)
     if cached is not None:
         usage = cached.usage
         first = target.models[0]  # what the answer would have cost again, at its prices
@@ -109,11 +112,17 @@ async def _open(
             "result": "hit", "rows": 1, "hit_rows": 1, "coalesced": False, "stale": False,
             "saved_cost": saved, "saved_tokens": usage.total_tokens,
         }  # fmt: skip
-        ctx.decide("cache", CACHE_BACKEND, "the same request was answered before")
+        if cosine < 1.0:  # a similar prompt's answer, not this one's
+            ctx.cache["result"] = "similar"
+            ctx.cache["cosine"] = round(cosine, 4)
+            ctx.decide("cache", CACHE_BACKEND, f"a similar prompt was answered (cosine "
+                       f"{cosine:.3f})", cosine=round(cosine, 4))  # fmt: skip
+        else:
+            ctx.decide("cache", CACHE_BACKEND, "the same request was answered before")
         return replayed(target.name, cached, ctx.deadline)
     answer = await target.open(ctx, call, asked)
     ctx.cache = {"result": "miss", "rows": 1, "hit_rows": 0, "coalesced": False, "stale": False}
-    cache.keep(key, answer)
+    cache.keep(key, answer, vector, ctx.tenant)
     return answer
 
 
@@ -168,7 +177,9 @@ async def _whole(
         completion_id(), request.model, "".join(answer.text_parts), reason,
         answer.end.usage, entries,
     )  # fmt: skip
-    _finish(exchange, ctx, 200, None if reason != "deadline" else "deadline_mid_answer")
+    inline = _finish(exchange, ctx, 200, None if reason != "deadline" else "deadline_mid_answer")
+    if inline is not None:  # the receipt asked inline: only a whole answer can carry it
+        headers[exchange.state.observer.config.receipts.inline_header] = inline
     return Answer(body, 200, headers)
 
 
@@ -218,11 +229,12 @@ def _seconds_left(ctx: RequestContext) -> float:
     return max(0.0, left) if math.isfinite(left) else 3600.0
 
 
-def _finish(exchange: Exchange, ctx: RequestContext, status: int, error: str | None) -> None:
+def _finish(exchange: Exchange, ctx: RequestContext, status: int, error: str | None) -> str | None:
+    """Close the request's books; the receipt as JSON when the client asked for it inline."""
     state = exchange.state
     ctx.stamp("responded", monotonic())
     state.count_answer(ctx.endpoint, status)
-    state.observer.finish(ctx, status, error, exchange.scope["surge.headers"])
+    return state.observer.finish(ctx, status, error, exchange.scope["surge.headers"])
 
 
 # POSTs are answered by `inference_routes.InferenceRoutes` in front of Starlette.

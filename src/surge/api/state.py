@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from surge.cache.redis_cache import RedisCache
 from surge.cluster.plane import ControlPlane
 from surge.config import Config
 from surge.config_cache import CacheConfig
+from surge.core.clock import monotonic
 from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.core.tensors import Tensors
@@ -43,13 +45,14 @@ from surge.serving.review_pruner import ReviewPruner
 from surge.serving.rollout_leader import RolloutLeader, local_windows
 from surge.serving.rollouts import Rollouts
 from surge.serving.routes import Route, build_routes
-from surge.serving.target import Target
+from surge.serving.target import Hints, Target
 from surge.store.background_writer import BackgroundWriter
 from surge.store.registry import RegistryStore, open_store
 from surge.store.review_writer import DRAIN_S as REVIEW_DRAIN_S
 from surge.store.review_writer import PendingReview, pending_reviews, review_writer
 
 log = logging.getLogger("surge.server")
+EMBED_TIMEOUT_S = 1.0  # a semantic cache's embedding of a prompt: a miss past it
 
 
 @dataclass
@@ -154,8 +157,9 @@ class ServerState:
         self.metrics.registry.register(RouteCollector(self.routes))
         self.chat = ChatGateway(config.llm)
         await self.chat.start(
-            store, plane.pending.remember, self._queue_chat_for_review, self.cache_redis
-        )
+            store, plane.pending.remember, self._queue_chat_for_review, self.cache_redis,
+            self._embedder,
+        )  # fmt: skip
         self.metrics.registry.register(self.chat.metrics)
         self.modes = modes = ModeDriver(
             config.modes, self.endpoints, self.routes, self.metrics, store
@@ -270,6 +274,22 @@ class ServerState:
                 time.time(),
             )
         )
+
+    def _embedder(self, name: str) -> Callable[[list[str]], Awaitable[np.ndarray]]:
+        """Texts to unit vectors by the embeddings endpoint `name` (a semantic cache's)."""
+        endpoint = self.endpoint(name)
+        texts_input = [t.name for t in endpoint.interface().replicas[0].runtime.inputs]
+        if len(texts_input) != 1:
+            raise ValueError(f"{name!r} must take one BYTES input to embed prompts")
+
+        async def embed(texts: list[str]) -> np.ndarray:
+            now = monotonic()
+            ctx = RequestContext("semantic-cache", name, now + EMBED_TIMEOUT_S, now)
+            tensors = {texts_input[0]: np.array([t.encode() for t in texts], dtype=object)}
+            served = await endpoint.infer(ctx, tensors, Hints())
+            return served.outputs["embedding"]
+
+        return embed
 
     @property
     def feedback_routes(self) -> dict[str, Any]:

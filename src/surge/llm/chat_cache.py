@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 
 from surge.cache.keys import (
@@ -27,6 +28,7 @@ from surge.cache.keys import (
     model_identity,
 )
 from surge.cache.memory import MemoryCache
+from surge.cache.semantic_cache import SemanticCache
 from surge.config_llm import ChatCacheConfig
 from surge.core.clock import monotonic
 from surge.llm.answer import ChatAnswer
@@ -61,7 +63,24 @@ class ChatCache:
         self.redis = redis if config.redis else None
         self.clock = clock
         self.memory = MemoryCache(config.max_bytes)
-        self.results: dict[str, int] = {"hit": 0, "miss": 0, "skipped": 0}
+        self.results: dict[str, int] = {"hit": 0, "miss": 0, "skipped": 0, "similar": 0}
+        self.semantic: SemanticCache | None = None  # set when config.semantic is
+
+    def scope(self, tenant: str | None) -> str | None:
+        return tenant if self.config.scope == "tenant" else None
+
+    async def similar(
+        self, prompt: str, tenant: str | None
+    ) -> tuple[CachedAnswer | None, float, np.ndarray | None]:
+        """The answer to a prompt similar enough (semantic cache), its cosine, and the
+        prompt's vector (for `keep` after a miss)."""
+        if self.semantic is None:
+            return None, 0.0, None
+        found = await self.semantic.lookup(prompt, self.scope(tenant))
+        if found.hit is None:
+            return None, 0.0, found.vector
+        self.results["similar"] += 1
+        return _decoded(found.hit.value), found.hit.cosine, found.vector
 
     def key(self, call: ChatCall, tenant: str | None) -> str | None:
         """The request's key, or None when its answer must not be reused."""
@@ -71,7 +90,7 @@ class ChatCache:
             self.results["skipped"] += 1
             return None
         try:
-            scope = tenant if self.config.scope == "tenant" else None
+            scope = self.scope(tenant)
             return endpoint_key(self.name, chat_key(self.identity, messages, params, scope))
         except Uncacheable:
             self.results["skipped"] += 1
@@ -87,11 +106,17 @@ class ChatCache:
             self.results["miss"] += 1
             return None
         self.results["hit"] += 1
-        doc = orjson.loads(value)
-        return CachedAnswer(doc["text"], doc["reason"], Usage(*doc["usage"]))
+        return _decoded(value)
 
-    def keep(self, key: str, answer: ChatAnswer) -> None:
-        """Have `answer` stored when it completes (not when it is cut short)."""
+    def keep(
+        self,
+        key: str,
+        answer: ChatAnswer,
+        vector: np.ndarray | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """Have `answer` stored when it completes (not when it is cut short), and, with
+        the prompt's `vector`, found by similar prompts too."""
         answer.text_parts = answer.text_parts if answer.text_parts is not None else []
         closed_by_model = answer.on_close
 
@@ -104,6 +129,8 @@ class ChatCache:
                      "usage": [usage.prompt_tokens, usage.completion_tokens, usage.source]}
                 )  # fmt: skip
                 self._store(key, value)
+                if self.semantic is not None and vector is not None:
+                    self.semantic.add_vector(vector, self.scope(tenant), value, key=key)
 
         answer.on_close = on_close
 
@@ -114,6 +141,11 @@ class ChatCache:
 
             task = asyncio.ensure_future(self.redis.put(key, value, self.config.ttl_s))
             task.add_done_callback(lambda _t: None)
+
+
+def _decoded(value: bytes) -> CachedAnswer:
+    doc = orjson.loads(value)
+    return CachedAnswer(doc["text"], doc["reason"], Usage(*doc["usage"]))
 
 
 def replayed(name: str, cached: CachedAnswer, deadline: float) -> ChatAnswer:

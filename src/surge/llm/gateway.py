@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from surge.cache.semantic_cache import SemanticCache
 from surge.config_llm import LLMConfig, ProviderConfig, provider_api_key
 from surge.core.errors import SurgeError
 from surge.llm.chat_cache import ChatCache
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from surge.store.registry import RegistryStore
 
 log = logging.getLogger("surge.llm")
+
+# endpoint name -> a function embedding texts with it (one unit vector per text)
+Embedder = Callable[[str], Callable[[list[str]], Awaitable[Any]]]
 
 
 class ChatGateway:
@@ -78,6 +82,7 @@ class ChatGateway:
         remember: Callable[..., None],
         review: ReviewHook,
         redis: RedisCache | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         for name, cfg in self.config.models.items():
             slots = []
@@ -105,24 +110,34 @@ class ChatGateway:
             else:
                 assert route.bandit is not None
                 self.routes[name] = self._bandit(name, route.bandit, store, remember)
-        self._open_caches(redis)
+        self._open_caches(redis, embedder)
         for bandit in self.bandits:
             await bandit.sync()
             bandit.start()
 
-    def _open_caches(self, redis: RedisCache | None) -> None:
+    def _open_caches(self, redis: RedisCache | None, embedder: Embedder | None) -> None:
         """An answer cache per model or route that asks for one; its identity is its
         config (and, for a route, its models'), so a changed config never reuses."""
         models = self.config.models
+        wanted: list[tuple[str, Any, dict[str, Any]]] = []
         for name, cfg in models.items():
             if cfg.cache is not None:
-                doc = cfg.model_dump(mode="json")
-                self.caches[name] = ChatCache(name, cfg.cache, doc, redis)
+                wanted.append((name, cfg.cache, cfg.model_dump(mode="json")))
         for name, route in self.config.routes.items():
             if route.cache is not None:
                 used = {m: models[m].model_dump(mode="json") for m in route.targets()}
                 doc = {"route": route.model_dump(mode="json"), "models": used}
-                self.caches[name] = ChatCache(name, route.cache, doc, redis)
+                wanted.append((name, route.cache, doc))
+        for name, cfg, doc in wanted:
+            cache = self.caches[name] = ChatCache(name, cfg, doc, redis)
+            semantic = cfg.semantic
+            if semantic is not None:
+                if embedder is None:
+                    raise ValueError(f"{name}: a semantic cache needs an embedding endpoint")
+                cache.semantic = SemanticCache(
+                    embedder(semantic.embedding_endpoint), semantic.threshold,
+                    semantic.max_entries, semantic.max_bytes, cfg.ttl_s,
+                )  # fmt: skip
 
     @property
     def bandits(self) -> list[ChatBandit]:
