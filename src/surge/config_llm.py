@@ -42,7 +42,12 @@ class ProviderConfig(_Strict):
         description="environment variable holding the API key (sent as a Bearer token); "
         "keys never go in the config file",
     )
-    max_connections: int = Field(64, ge=1, description="pooled HTTP connections")
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="pooled HTTP connections (default: max_concurrent_requests: a stream "
+        "holds its connection for its whole answer, so fewer would make calls wait unseen)",
+    )
     max_concurrent_requests: int = Field(
         256, ge=1, description="calls in flight at once; past it a call is refused (429)"
     )

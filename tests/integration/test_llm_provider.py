@@ -354,3 +354,18 @@ def test_many_streams_share_one_provider(llm: FakeLLM) -> None:
     assert all(a[-1] == Finish("stop", Usage(2, 5, "provider")) for a in answers)
     assert provider.in_flight == 0 and llm.max_in_flight > 1
     assert {b["model"] for b in llm.bodies} == {"fake-model", "other-model"}
+
+
+def test_connections_are_reused_across_answers(llm: FakeLLM) -> None:
+    """An answer read to its Finish leaves its connection in the pool: the next call
+    pays no new handshake (against a TLS provider, most of a first token's time)."""
+
+    async def scenario() -> int:
+        async with backend_of(llm.url) as backend:
+            for _ in range(5):
+                items = await collect(backend)
+                assert isinstance(items[-1], Finish)
+            pool = backend.provider.client._transport._pool  # httpcore's pool
+            return len(pool.connections)
+
+    assert run(scenario()) == 1

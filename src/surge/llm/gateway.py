@@ -158,7 +158,7 @@ class ChatGateway:
                 provider_name,
                 cfg.url,
                 api_key=provider_api_key(cfg),
-                max_connections=cfg.max_connections,
+                max_connections=cfg.max_connections or cfg.max_concurrent_requests,
                 max_concurrent_requests=cfg.max_concurrent_requests,
                 connect_timeout_s=cfg.connect_timeout_ms / 1000,
                 first_token_timeout_s=cfg.first_token_timeout_ms / 1000,

@@ -80,3 +80,6 @@ def configure_logging(level: str, fmt: str = "json") -> None:
     handler.setFormatter(FORMATTERS[fmt]())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: one line per upstream call is per-request logging
+    # on the hot path (chat providers, upstream models). Its warnings still come through.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
