@@ -35,7 +35,10 @@ class CacheConfig(BaseModel):
         "coalesce identical requests across processes; without redis_url: memory only",
     )
     redis_timeout_ms: float = Field(
-        20.0, gt=0, description="longest a Redis read may take before it counts as a miss"
+        50.0,
+        gt=0,
+        description="longest a Redis read may take before it counts as a miss (it includes "
+        "waiting behind a busy event loop: too tight and a loaded server sees Redis as down)",
     )
     coalesce: bool = Field(
         True,

@@ -308,7 +308,7 @@ class ServerState:
         )
         url = self.config.redis_url
         if url and (chat_redis or any(c.redis for c in cached.values())):
-            timeout_s = min([c.redis_timeout_ms for c in cached.values()] + [20.0]) / 1000
+            timeout_s = min([c.redis_timeout_ms for c in cached.values()] or [50.0]) / 1000
             stale_s = max([c.stale_in_emergency_s for c in cached.values()] + [0.0])
             self.cache_redis = RedisCache(url, self.config.registry_namespace,
                                           timeout_s=timeout_s, stale_window_s=stale_s)  # fmt: skip

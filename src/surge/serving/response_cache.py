@@ -18,13 +18,12 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from surge.cache.coalesce import SingleFlight
 from surge.cache.codec import CorruptEntry, decode, decode_row, encode, encode_rows, stack_rows
 from surge.cache.keys import Uncacheable, endpoint_key, endpoint_prefix, model_identity, row_keys
 from surge.cache.memory import MemoryCache
@@ -46,6 +45,7 @@ IGNORED_PARAMETERS = frozenset(
 )
 MAX_PENDING_WRITES = 256  # background Redis writes in flight; past it, skipped (memory has it)
 FLIGHT_RESULT_TTL_S = 10.0  # a cross-process leader's answer, kept for its waiters
+MAX_FLIGHTS = 10_000  # identical-request groups tracked at once; past it, no coalescing
 
 Compute = Callable[[Tensors, int], Awaitable[Tensors]]
 
@@ -70,7 +70,8 @@ class EndpointCache:
         self.stale_allowed_s = stale_allowed_s
         self.clock = clock
         self.memory = MemoryCache(config.max_bytes)
-        self.flights = SingleFlight(retry_on=(LeaderDeadline,))
+        self._inflight: dict[str, asyncio.Future[Tensors]] = {}  # flight key -> its answer
+        self.coalescing: Counter[str] = Counter()  # leaders, followers
         self.results: Counter[str] = Counter()  # per request: hit, miss, coalesced, stale
         self.rows: Counter[str] = Counter()  # per row: hit, miss
         self.saved_compute_s = 0.0
@@ -227,10 +228,42 @@ class EndpointCache:
             self._store(missing_keys, outputs)
             return outputs
 
-        if not self.config.coalesce:
+        if not self.config.coalesce or len(self._inflight) >= MAX_FLIGHTS:
             return await leader(), False
+        computing = self._inflight.get(flight)
+        if computing is not None:
+            shared = await self._follow(ctx, computing)
+            if shared is not None:
+                self.coalescing["followers"] += 1
+                return shared, True
+            return await leader(), False  # its own deadline ended the first one's: compute
+        # The first of its kind computes inline (no task of its own: a miss with nobody
+        # waiting costs one future) and hands its answer to whoever came meanwhile.
+        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = future
+        self.coalescing["leaders"] += 1
         try:
-            shared = await self.flights.run(flight, leader, timeout_s=_left(ctx, self.clock()))
+            outputs = await leader()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._inflight.pop(flight, None)
+        future.set_result(outputs)
+        return outputs, False
+
+    async def _follow(
+        self, ctx: RequestContext, computing: asyncio.Future[Tensors]
+    ) -> Tensors | None:
+        """The answer an identical request in flight computes, within this request's own
+        deadline; None when that one cannot give it (its own deadline passed, or it was
+        cancelled): then this request computes for itself."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(computing), _left(ctx, self.clock()))
         except TimeoutError:
             raise SurgeError(
                 "deadline_exceeded",
@@ -238,7 +271,13 @@ class EndpointCache:
                 "request's answer",
                 504,
             ) from None
-        return shared.value, shared.coalesced
+        except LeaderDeadline:
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if computing.cancelled() and task is not None and not task.cancelling():
+                return None
+            raise
 
     async def _computed_once(
         self, ctx: RequestContext, flight: str, part: Tensors, rows: int, compute: Compute
@@ -259,12 +298,15 @@ class EndpointCache:
                         pass  # computed here instead
         try:
             outputs = await self._compute_guarded(ctx, part, rows, compute)
+        except BaseException:
             if claimed and redis is not None:
-                await redis.put(flight, encode(outputs), FLIGHT_RESULT_TTL_S)
-            return outputs
-        finally:
-            if claimed and redis is not None:
-                await redis.release(flight)
+                self._background(redis.release(flight))  # the waiters compute themselves
+            raise
+        if claimed and redis is not None:
+            # Off the answer's path: the waiters poll for it; put before release, or a
+            # waiter seeing neither would compute too.
+            self._background(_hand_over(redis, flight, encode(outputs)))
+        return outputs
 
     async def _compute_guarded(
         self, ctx: RequestContext, part: Tensors, rows: int, compute: Compute
@@ -285,10 +327,18 @@ class EndpointCache:
         for key, value in zip(keys, values, strict=True):
             self.memory.put(key, value, now, ttl)
         redis = self.redis
-        if redis is not None and redis.healthy and len(self._writes) < MAX_PENDING_WRITES:
-            task = asyncio.ensure_future(redis.put_many(list(zip(keys, values, strict=True)), ttl))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if redis is not None and redis.healthy:
+            self._background(redis.put_many(list(zip(keys, values, strict=True)), ttl))
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """A Redis write the answer does not wait for (bounded: past MAX_PENDING_WRITES
+        it is dropped; this process's memory has the answer anyway)."""
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            work.close()
+            return
+        task = asyncio.ensure_future(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def purge(self) -> dict[str, Any]:
         """Forget every answer of this endpoint, here and in Redis (other processes'
@@ -307,9 +357,16 @@ class EndpointCache:
             "rows": dict(self.rows),
             "saved_compute_s": self.saved_compute_s,
             "memory": self.memory.stats(),
-            "coalescing": self.flights.stats(),
+            "coalescing": {**self.coalescing, "in_flight": len(self._inflight)},
             "redis_up": None if self.redis is None else self.redis.healthy,
         }
+
+
+async def _hand_over(redis: RedisCache, flight: str, value: bytes) -> None:
+    try:
+        await redis.put(flight, value, FLIGHT_RESULT_TTL_S)
+    finally:
+        await redis.release(flight)
 
 
 def _flight_key(keys: list[str]) -> str:
