@@ -42,6 +42,9 @@ def cache_config(demo_models: Path, redis: RedisServer) -> dict:
     return {
         "model_repository": str(demo_models),
         "redis_url": redis.url(),
+        # The tests count model runs: a burst mode cutting deadlines under a loaded test
+        # machine would turn waits into 504s that say nothing about the cache.
+        "modes": {"enabled": False},
         "endpoints": {
             # A generous Redis timeout: a loaded test machine must not turn reads into misses.
             "embed": {

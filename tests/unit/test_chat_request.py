@@ -73,6 +73,8 @@ def test_text_parts_are_joined_and_unknown_fields_are_not_kept() -> None:
         (orjson.dumps({"messages": []}), "'model'"),
         (body(messages=[]), "'messages'"),
         (body(messages=[{"role": "wizard", "content": "x"}]), "role"),
+        (body(messages=[{"role": {"a": 1}, "content": "x"}]), "role"),
+        (body(messages=[{"role": ["user"], "content": "x"}]), "role"),
         (body(messages=[{"role": "user", "content": 5}]), "content"),
         (body(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), "text part"),
         (body(max_tokens=0), "'max_tokens'"),

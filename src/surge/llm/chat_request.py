@@ -106,7 +106,7 @@ def _messages(raw: Any) -> tuple[tuple[dict[str, Any], ...], int]:
         if not isinstance(message, dict):
             raise bad_input(f"{where} must be an object with 'role' and 'content'")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise bad_input(f"{where}.role must be one of {sorted(ROLES)}, got {_show(role)}")
         if message.get("tool_calls") is not None or message.get("function_call") is not None:
             raise bad_input(f"{where}: tool calls are not supported by this gateway yet")

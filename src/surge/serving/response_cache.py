@@ -223,20 +223,24 @@ class EndpointCache:
         missing_keys = [keys[i] for i in missing]
         flight = endpoint_key(self.endpoint, _flight_key(missing_keys))
 
+        elsewhere = False  # the answer came from another process's computation (Redis)
+
         async def leader() -> Tensors:
-            outputs = await self._computed_once(ctx, flight, part, len(missing), compute)
+            nonlocal elsewhere
+            outputs, elsewhere = await self._computed_once(ctx, flight, part, len(missing), compute)
             self._store(missing_keys, outputs)
             return outputs
 
         if not self.config.coalesce or len(self._inflight) >= MAX_FLIGHTS:
-            return await leader(), False
+            return await leader(), elsewhere
         computing = self._inflight.get(flight)
         if computing is not None:
             shared = await self._follow(ctx, computing)
             if shared is not None:
                 self.coalescing["followers"] += 1
                 return shared, True
-            return await leader(), False  # its own deadline ended the first one's: compute
+            # The first one's own deadline ended its computation: compute here.
+            return await leader(), elsewhere
         # The first of its kind computes inline (no task of its own: a miss with nobody
         # waiting costs one future) and hands its answer to whoever came meanwhile.
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
@@ -254,7 +258,7 @@ class EndpointCache:
         finally:
             self._inflight.pop(flight, None)
         future.set_result(outputs)
-        return outputs, False
+        return outputs, elsewhere
 
     async def _follow(
         self, ctx: RequestContext, computing: asyncio.Future[Tensors]
@@ -281,8 +285,9 @@ class EndpointCache:
 
     async def _computed_once(
         self, ctx: RequestContext, flight: str, part: Tensors, rows: int, compute: Compute
-    ) -> Tensors:
-        """Compute, or, when another process already is (Redis), wait for its answer."""
+    ) -> tuple[Tensors, bool]:
+        """Compute, or, when another process already is (Redis), wait for its answer;
+        whether it was the other's."""
         redis = self.redis if self.config.coalesce else None
         claimed = False
         if redis is not None and redis.healthy:
@@ -293,7 +298,7 @@ class EndpointCache:
                 entry = await redis.wait_for(flight, loop.time() + left)
                 if entry is not None:
                     try:
-                        return decode(entry.value)
+                        return decode(entry.value), True
                     except CorruptEntry:
                         pass  # computed here instead
         try:
@@ -306,7 +311,7 @@ class EndpointCache:
             # Off the answer's path: the waiters poll for it; put before release, or a
             # waiter seeing neither would compute too.
             self._background(_hand_over(redis, flight, encode(outputs)))
-        return outputs
+        return outputs, False
 
     async def _compute_guarded(
         self, ctx: RequestContext, part: Tensors, rows: int, compute: Compute
