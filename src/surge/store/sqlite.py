@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ class SqliteRegistryStore(SqlRegistryStore):
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if self.path != ":memory:":
                 # WAL: readers in other worker processes never block the writer, nor it them.
-                conn.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(conn)
                 # NORMAL: in WAL mode a commit is not synced to disk, only checkpoints
                 # are. A crashed process loses nothing (the OS has the WAL); a power
                 # loss may lose the last commits, never the database. FULL synced every
@@ -86,3 +87,18 @@ class SqliteRegistryStore(SqlRegistryStore):
                 self._conn.execute("ROLLBACK")
             raise
         return result
+
+
+def _switch_to_wal(conn: sqlite3.Connection, patience_s: float = 10.0) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the lock: the
+    switch answers "database is locked" at once, without the busy handler, when several
+    processes open a fresh registry together (workers starting side by side)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
