@@ -10,10 +10,10 @@ from surge.api.openapi_common import (
     header_refs,
     json_body,
     operation,
-    param_ref,
     ref,
     refusals,
 )
+from surge.api.openapi_v1 import EMBEDDING_HEADERS as INFERENCE_HEADERS
 
 TAG = "OpenAI-compatible"
 
@@ -131,17 +131,7 @@ PATHS: Doc = {
             "local models, with fallback, cascade, time-boxed, rules and bandit routes. "
             "429 past a model's or provider's bound on concurrent answers, or a rate limit "
             "(a chat request takes its prompt's tokens plus max_tokens from a tokens limit).",
-            parameters=[
-                param_ref(name)
-                for name in (
-                    "X-Request-Id",
-                    "X-Request-Timeout-Ms",
-                    "X-Priority",
-                    "X-Tenant",
-                    "traceparent",
-                    "X-Surge-Receipt",
-                )
-            ],
+            parameters=INFERENCE_HEADERS,  # the same request headers as embeddings
             body=json_body(ref("CreateChatCompletionRequest")),
         )
     },

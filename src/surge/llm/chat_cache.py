@@ -11,6 +11,7 @@ into one.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from surge.llm.stream import ChatCall, Finish, Piece, Usage
 if TYPE_CHECKING:
     from surge.cache.redis_cache import RedisCache
 
+MAX_WRITES = 256  # background Redis writes at once; past it, memory alone keeps the answer
 CACHE_BACKEND = "cache"  # the backend a reused answer names (X-Surge-Route: model@cache)
 
 
@@ -65,6 +67,7 @@ class ChatCache:
         self.memory = MemoryCache(config.max_bytes)
         self.results: dict[str, int] = {"hit": 0, "miss": 0, "skipped": 0, "similar": 0}
         self.semantic: SemanticCache | None = None  # set when config.semantic is
+        self._writes: set[asyncio.Task[Any]] = set()  # Redis writes in flight (bounded)
 
     def scope(self, tenant: str | None) -> str | None:
         return tenant if self.config.scope == "tenant" else None
@@ -136,11 +139,11 @@ class ChatCache:
 
     def _store(self, key: str, value: bytes) -> None:
         self.memory.put(key, value, self.clock(), self.config.ttl_s)
-        if self.redis is not None and self.redis.healthy:
-            import asyncio
-
+        if self.redis is not None and self.redis.healthy and len(self._writes) < MAX_WRITES:
+            # Off the answer's path; held here so the task is not collected mid-write.
             task = asyncio.ensure_future(self.redis.put(key, value, self.config.ttl_s))
-            task.add_done_callback(lambda _t: None)
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
 
 
 def _decoded(value: bytes) -> CachedAnswer:

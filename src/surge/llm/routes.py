@@ -22,7 +22,7 @@ from surge.llm.model import ChatModel
 from surge.llm.speed import choose_in_time
 from surge.llm.stream import ChatCall, Finish, Piece
 from surge.routing.rules import first_match, parse_rules
-from surge.serving.bandit_route import BanditRoute, feedback_token
+from surge.serving.bandit_route import BanditRoute
 
 log = logging.getLogger("surge.llm")
 
@@ -235,14 +235,5 @@ class ChatBandit(BanditRoute):
         raise SurgeError("model_not_found", f"{self.name!r} is a chat route", 404)
 
     async def open(self, ctx: RequestContext, call: ChatCall, asked: Asked) -> ChatAnswer:
-        header = self.config.segment_header
-        segment = (asked.hints.header(header) or "") if header else ""
-        arm = self.bandit.choose(segment)
-        self.counts[arm, "chosen"] += 1
-        ctx.decide("bandit", arm, f"{self.config.strategy} chose {arm} for segment {segment!r}",
-                   segment=segment)  # fmt: skip
-        self.remember(ctx.request_id, self.name, segment, arm, ctx.tenant)
-        if self.secret is not None:
-            ctx.feedback_token = feedback_token(self.secret, ctx.request_id, ctx.tenant, arm)
-        model: ChatModel = self.targets[arm]  # type: ignore[assignment]
+        model: ChatModel = self.targets[self.choose_arm(ctx, asked.hints)]  # type: ignore[assignment]
         return await model.open(ctx, call, asked)

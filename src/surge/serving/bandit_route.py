@@ -156,6 +156,11 @@ class BanditRoute(RouteBase):
         return all(t.accepting for t in self.targets.values())
 
     async def infer(self, ctx: RequestContext, tensors: Tensors, hints: Hints) -> Served:
+        return await self.targets[self.choose_arm(ctx, hints)].infer(ctx, tensors, hints)
+
+    def choose_arm(self, ctx: RequestContext, hints: Hints) -> str:
+        """The arm for this request, with its books: the decision on the receipt, the
+        pending entry its feedback will take, and the answer's feedback token."""
         header = self.config.segment_header
         segment = (hints.header(header) or "") if header else ""
         arm = self.bandit.choose(segment)
@@ -165,7 +170,7 @@ class BanditRoute(RouteBase):
         self.remember(ctx.request_id, self.name, segment, arm, ctx.tenant)
         if self.secret is not None:
             ctx.feedback_token = feedback_token(self.secret, ctx.request_id, ctx.tenant, arm)
-        return await self.targets[arm].infer(ctx, tensors, hints)
+        return arm
 
     def token_matches(self, token: str, request_id: str, tenant: str | None, arm: str) -> bool:
         """Whether `token` is the one this route gave the answer to `request_id`."""
