@@ -192,3 +192,33 @@ def test_purge_forgets_the_endpoints_answers() -> None:
     assert result["memory_entries"] == 1
     ask(cache, dep, model, clock, ["p"])
     assert model.runs == 2
+
+
+def test_a_request_whose_lookup_outlasts_an_identical_computation_reuses_its_answer() -> None:
+    """With Redis the lookup is a network wait: an identical request can compute and
+    finish inside it. The late one must take that answer, not run the model again."""
+    clock, model, dep = Clock(), Model(), deployment()
+    cache = make(clock)
+    cache.redis = SimpleNamespace(healthy=False)  # looked up over the network: it may wait
+    looked_up = cache._look_up
+    slow = {"calls": 0}
+
+    async def lookup_then_wait(keys):  # type: ignore[no-untyped-def]
+        found = await looked_up(keys)
+        slow["calls"] += 1
+        if slow["calls"] == 1:  # the late request: its answer from Redis comes back late
+            await asyncio.sleep(0.05)
+        return found
+
+    cache._look_up = lookup_then_wait  # type: ignore[method-assign]
+
+    async def two():  # type: ignore[no-untyped-def]
+        first, second = ctx(clock), ctx(clock)
+        late = asyncio.ensure_future(cache.run(dep, second, texts("q"), 1, None, model))
+        await asyncio.sleep(0)
+        await cache.run(dep, first, texts("q"), 1, None, model)
+        return await late, second
+
+    out, second = asyncio.run(two())
+    assert model.runs == 1 and out["value"][0] == 2.0
+    assert second.cache["result"] == "coalesced"

@@ -234,7 +234,14 @@ class EndpointCache:
         if not self.config.coalesce or len(self._inflight) >= MAX_FLIGHTS:
             return await leader(), elsewhere
         computing = self._inflight.get(flight)
-        if computing is not None:
+        if computing is None and self.redis is not None:
+            # The lookup waited on Redis, and an identical request may have computed and
+            # finished meanwhile: its answer is in memory now; computing again wastes a run.
+            finished = self._from_memory(missing_keys)
+            if finished is not None:
+                self.coalescing["followers"] += 1
+                return finished, True
+        elif computing is not None:
             shared = await self._follow(ctx, computing)
             if shared is not None:
                 self.coalescing["followers"] += 1
@@ -259,6 +266,13 @@ class EndpointCache:
             self._inflight.pop(flight, None)
         future.set_result(outputs)
         return outputs, elsewhere
+
+    def _from_memory(self, keys: list[str]) -> Tensors | None:
+        now = self.clock()
+        values = [self.memory.get(key, now) for key in keys]
+        if any(value is None for value in values):
+            return None
+        return stack_rows([decode_row(value.value) for value in values if value is not None])
 
     async def _follow(
         self, ctx: RequestContext, computing: asyncio.Future[Tensors]
