@@ -365,7 +365,6 @@ def test_connections_are_reused_across_answers(llm: FakeLLM) -> None:
             for _ in range(5):
                 items = await collect(backend)
                 assert isinstance(items[-1], Finish)
-            pool = backend.provider.client._transport._pool  # httpcore's pool
-            return len(pool.connections)
+            return backend.provider.connections_opened
 
     assert run(scenario()) == 1
