@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
+from typing import Any
 
 import aiohttp
 import orjson
@@ -97,34 +100,36 @@ class Provider:
         self.headers = all_headers
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
+        # The proxy, from HTTPS_PROXY/NO_PROXY and friends as curl reads them, once:
+        # aiohttp's own `trust_env` looks it up on a thread for every request.
+        self.proxy = env_proxy(self.base_url)
         self._session: aiohttp.ClientSession | None = None
+        self._connector: CountingConnector | None = None
         self.in_flight = 0
         self.refused_busy = 0
-        self.connections_opened = 0
 
     def session(self) -> aiohttp.ClientSession:
         """The pooled client, made on first use inside the serving loop (aiohttp binds a
         session to the loop it is made in)."""
         session = self._session
         if session is None or session.closed:
-            counting = aiohttp.TraceConfig()
-            counting.on_connection_create_end.append(self._count_connection)
             # Only the connect is bounded here: reads are bounded per piece by
             # ProviderBackend. As many connections are kept as may be in flight, so that
             # a burst reuses them rather than paying a handshake each.
+            self._connector = CountingConnector(
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+            )
             session = self._session = aiohttp.ClientSession(
                 headers=self.headers,
-                connector=aiohttp.TCPConnector(
-                    limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
-                ),
+                connector=self._connector,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
-                trace_configs=[counting],
-                trust_env=True,  # HTTPS_PROXY and friends, as httpx and curl read them
             )
         return session
 
-    async def _count_connection(self, *_: object) -> None:
-        self.connections_opened += 1
+    @property
+    def connections_opened(self) -> int:
+        """TCP (and TLS) connections made to the server: with keep-alive, few."""
+        return 0 if self._connector is None else self._connector.opened
 
     def acquire(self, who: str) -> None:
         """Take a slot for one call, or refuse at once."""
@@ -148,6 +153,25 @@ class Provider:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class CountingConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, counting the connections it opens (a trace config would do it
+    through public hooks, at a few objects per request)."""
+
+    opened = 0
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self.opened += 1
+        return await super()._create_connection(*args, **kwargs)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (none where NO_PROXY covers it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class ProviderBackend:
@@ -213,7 +237,9 @@ class ProviderBackend:
         session = self.provider.session()
         try:
             async with asyncio.timeout(min(due, deadline) - monotonic()):
-                return await session.post(self.url, data=body, allow_redirects=False)
+                return await session.post(
+                    self.url, data=body, allow_redirects=False, proxy=self.provider.proxy
+                )
         except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as exc:
             # Before TimeoutError: aiohttp's connect timeout is one too.
             raise self._error("provider_unreachable", f"cannot connect: {exc}", 502) from None
