@@ -229,8 +229,18 @@ GLUE = ("asyncio/", "contextlib.py", "functools.py", "typing.py", "abc.py", "wea
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging", ("logging/",)),
     (
-        "upstream HTTP client (httpx, httpcore, h11, anyio)",
-        ("httpx/", "httpcore/", "h11/", "anyio/", "sniffio/"),
+        "upstream HTTP client (aiohttp, yarl, multidict; httpx before)",
+        (
+            "aiohttp/",
+            "yarl/",
+            "multidict/",
+            "aiosignal/",
+            "httpx/",
+            "httpcore/",
+            "h11/",
+            "anyio/",
+            "sniffio/",
+        ),
     ),
     (
         "upstream stream in surge: read timeouts, SSE parse, chunk JSON (provider.py, sse.py)",
@@ -586,7 +596,7 @@ NOTES = [
     "`max_concurrent_requests` (256), the model's `max_concurrent_streams` (256) and "
     "`llm.max_open_streams` (2048). A stream holds its upstream connection for its whole "
     "answer, so with the defaults the 65th concurrent stream to one provider waits in "
-    "httpx's pool for another to end (no 429).",
+    "the HTTP client's pool for another to end (no 429).",
     "- py-spy counts a thread busy while it is runnable, waiting for a core included: on a "
     "busy machine that time lands where the thread was preempted, most often right after a "
     "syscall that woke another process (`write`). Read the shares with the run's "
@@ -663,8 +673,9 @@ def _summary_section(doc: dict[str, Any]) -> list[str]:
     logs = details.get("surge_log")
     if logs and logs.get("requests"):
         lines.append(
-            f"- surge's log at INFO: {logs['httpx_lines']} lines from the `httpx` logger for "
-            f"{logs['requests']} chat requests (one `HTTP Request: POST ...` line each)."
+            f"- surge's log at INFO: {logs['client_lines']} lines from the upstream HTTP "
+            f"client's loggers (`aiohttp`, `httpx`) for {logs['requests']} chat requests "
+            "(a line per request would be a log flood under load)."
         )
     return ["## What this says", "", *lines, ""] if lines else []
 
@@ -1262,7 +1273,9 @@ def main(argv: list[str] | None = None) -> int:
             result.details["surge_log"] = {
                 "requests": bench.surge_requests,
                 "lines": text.count("\n"),
-                "httpx_lines": text.count('"logger": "httpx"'),
+                "client_lines": sum(
+                    text.count(f'"logger": "{name}') for name in ("httpx", "aiohttp")
+                ),
                 "tail": bench.surge.log_tail(3),
             }
     result.sort(list(parts))

@@ -187,7 +187,7 @@ def run_doc() -> dict:
             "streams": streams,
             "throughput": {"runs": [{"direct": {**run, "tokens_per_s": 42e3}, "surge": fast}]},
             "profile": profile,
-            "surge_log": {"requests": 10, "httpx_lines": 10},
+            "surge_log": {"requests": 10, "client_lines": 10},
         },
     }
 
@@ -207,7 +207,7 @@ def test_the_report_has_every_part_and_says_what_missed() -> None:
     assert "| `write` | 30.0 % |" in text and "garbage collector: 20.0 %" in text
     assert "- surge spends 50.0 µs of CPU per token relayed" in text
     assert "one core relays about 20,000 tokens/s, 1,000 such streams" in text
-    assert "10 lines from the `httpx` logger for 10 chat requests" in text
+    assert "10 lines from the upstream HTTP client's loggers" in text
     skipped = run_doc()
     skipped["details"] = {"profile": {"skipped": "py-spy is not installed"}}
     assert "Not profiled: py-spy is not installed" in render(skipped)
