@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,14 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _base(identity: bytes, kind: bytes, params: Mapping[str, Any] | None, tenant: str | None):
+    """The hash state after the fields every key of a request shares. Most requests of
+    an endpoint share them all (one version, no parameters, few tenants): the state is
+    kept (bounded), and callers hash on from a copy of it, never from it."""
+    return _base_of(identity, kind, canonical_json(params) if params else b"{}", tenant).copy()
+
+
+@lru_cache(maxsize=1024)  # tenants come from keys, not from requests: still bounded
+def _base_of(identity: bytes, kind: bytes, params_json: bytes, tenant: str | None) -> Any:
     h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=PERSON)
     _frame(h, identity)
     _frame(h, kind)
@@ -101,7 +110,7 @@ def _base(identity: bytes, kind: bytes, params: Mapping[str, Any] | None, tenant
     else:
         h.update(b"\x01")
         _frame(h, tenant.encode())
-    _frame(h, canonical_json(params or {}))
+    _frame(h, params_json)
     return h
 
 
@@ -133,6 +142,7 @@ def _numeric(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps a 0-d array 0-d
 
 
+@lru_cache(maxsize=1024)  # a model's inputs come in few names, dtypes and row shapes
 def _header(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
     fields = (name.encode(), dtype.encode(), np.asarray(shape, dtype="<i8").tobytes())
     return b"".join(len(f).to_bytes(8, "little") + f for f in fields)

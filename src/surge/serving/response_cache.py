@@ -221,8 +221,7 @@ class EndpointCache:
         rows = len(next(iter(tensors.values())))
         part = tensors if len(missing) == rows else {n: a[missing] for n, a in tensors.items()}
         missing_keys = [keys[i] for i in missing]
-        flight = endpoint_key(self.endpoint, _flight_key(missing_keys))
-
+        flight = _flight_key(self.endpoint, missing_keys)
         elsewhere = False  # the answer came from another process's computation (Redis)
 
         async def leader() -> Tensors:
@@ -388,8 +387,13 @@ async def _hand_over(redis: RedisCache, flight: str, value: bytes) -> None:
         await redis.release(flight)
 
 
-def _flight_key(keys: list[str]) -> str:
-    return hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
+def _flight_key(endpoint: str, keys: list[str]) -> str:
+    """The name of a computation of these rows (stored keys); one row's is its key,
+    marked: a flight's Redis lock and hand-over value must not land on the row's entry."""
+    if len(keys) == 1:
+        return keys[0] + "~"
+    digest = hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
+    return endpoint_key(endpoint, digest)
 
 
 def _left(ctx: RequestContext, now: float) -> float:
