@@ -212,6 +212,42 @@ def test_one_process_computes_while_another_waits_for_its_value(namespace):
 
 
 @needs_redis
+def test_a_miss_claims_its_computation_in_the_lookups_round_trip_and_hands_it_over(namespace):
+    """The miss path's two round trips: MGET with the claim, then (in the background)
+    the rows, the flight's answer and the lock's release. A second process's lookup
+    finds the lock taken and waits; the hand-over wakes it with the answer."""
+
+    async def scenario() -> None:
+        here = RedisCache(REDIS_URL, namespace, timeout_s=TIMEOUT_S)
+        there = RedisCache(REDIS_URL, namespace, timeout_s=TIMEOUT_S)
+        await here.start()
+        await there.start()
+        loop = asyncio.get_running_loop()
+        rows = ["embed:a", "embed:b"]
+        found, taken = await here.get_many_and_claim(rows, "embed:f", 10_000)
+        assert found == [None, None] and taken
+        found, taken = await there.get_many_and_claim(rows, "embed:f", 10_000)
+        assert found == [None, None] and not taken
+        waiting = asyncio.ensure_future(there.wait_for("embed:f", loop.time() + PATIENCE_S))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()
+        stored = await here.put_many(
+            [("embed:a", b"row a"), ("embed:b", b"row b")], 60,
+            hand_over=("embed:f", b"both rows", 10.0),
+        )  # fmt: skip
+        entry = await waiting
+        assert stored and entry is not None and entry.value == b"both rows"
+        found, taken = await there.get_many_and_claim(rows, "embed:f", 10_000)
+        assert [e.value for e in found if e is not None] == [b"row a", b"row b"]
+        assert taken  # the lock was released with the hand-over: free again
+        await there.release("embed:f")
+        await here.stop()
+        await there.stop()
+
+    asyncio.run(scenario())
+
+
+@needs_redis
 def test_a_waiter_stops_at_its_deadline_or_when_the_leader_is_gone(namespace):
     async def scenario() -> dict[str, float]:
         here = RedisCache(REDIS_URL, namespace, timeout_s=TIMEOUT_S)

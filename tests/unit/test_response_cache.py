@@ -203,8 +203,8 @@ def test_a_request_whose_lookup_outlasts_an_identical_computation_reuses_its_ans
     looked_up = cache._look_up
     slow = {"calls": 0}
 
-    async def lookup_then_wait(keys):  # type: ignore[no-untyped-def]
-        found = await looked_up(keys)
+    async def lookup_then_wait(c, keys):  # type: ignore[no-untyped-def]
+        found = await looked_up(c, keys)
         slow["calls"] += 1
         if slow["calls"] == 1:  # the late request: its answer from Redis comes back late
             await asyncio.sleep(0.05)

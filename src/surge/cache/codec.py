@@ -209,6 +209,23 @@ def decode_row(data: bytes) -> dict[str, np.ndarray]:
     return decode(data)
 
 
+def assemble_rows(
+    found: Sequence[bytes | None], fresh: Mapping[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """Cached rows (encoded; None where a row was computed) and the fresh ones (batched,
+    in the order of the Nones) back into one answer, in the request's order."""
+    row_dicts: list[Mapping[str, np.ndarray]] = []
+    next_fresh = 0
+    for value in found:
+        if value is not None:
+            row_dicts.append(decode_row(value))
+        else:
+            assert fresh is not None
+            row_dicts.append({n: a[next_fresh] for n, a in fresh.items()})
+            next_fresh += 1
+    return stack_rows(row_dicts)
+
+
 def stack_rows(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Rows (cached and fresh, in request order) back into batched outputs. Rows must
     agree on names and shapes: a model whose rows vary in shape is not reused per row."""

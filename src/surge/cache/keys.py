@@ -57,6 +57,16 @@ def model_identity(name: str, version: str | int, checksum: str) -> bytes:
     return b"".join(len(p).to_bytes(8, "little") + p for p in (s.encode() for s in parts))
 
 
+def version_identity(spec: Any) -> bytes:
+    """A serving version's identity (`model_identity`) from its spec: name, version and
+    a digest of its manifest (checksums and parameters) and its quantization."""
+    manifest = orjson.dumps(
+        spec.version.manifest.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS
+    )
+    digest = hashlib.sha256(manifest + b"|" + str(spec.settings.quantization).encode())
+    return model_identity(spec.version.model, spec.version.version, digest.hexdigest())
+
+
 def endpoint_prefix(endpoint: str) -> str:
     """What every key of `endpoint` starts with, and what a purge of it matches."""
     return endpoint.replace("%", "%25").replace(":", "%3A") + ":"

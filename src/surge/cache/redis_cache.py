@@ -157,9 +157,33 @@ class RedisCache:
             return []
         names = [self.redis_key(k) for k in keys]
         raws = await self._call(lambda c: c.mget(names))
+        return self._entries(raws, len(keys), max_stale_s)
+
+    async def get_many_and_claim(
+        self, keys: Sequence[str], flight: str, ttl_ms: int, *, max_stale_s: float = 0.0
+    ) -> tuple[list[RedisEntry | None], bool]:
+        """`get_many(keys)` and `claim(flight)` in one round trip: a miss, the common
+        case, then needs no second one before computing. The claim is True also when
+        Redis cannot say (compute yourself); a caller that found rows after all gives the
+        lock back with `release`."""
+        names = [self.redis_key(k) for k in keys]
+
+        async def send(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.mget(names)
+            pipe.set(self.lock_key(flight), self._token, nx=True, px=max(1, ttl_ms))
+            return await pipe.execute()
+
+        answers = await self._call(send)
+        raws, taken = (None, True) if answers is None else answers
+        return self._entries(raws, len(keys), max_stale_s), bool(taken)
+
+    def _entries(
+        self, raws: list[bytes | None] | None, count: int, max_stale_s: float
+    ) -> list[RedisEntry | None]:
         if raws is None:
-            self.misses += len(keys)
-            return [None] * len(keys)
+            self.misses += count
+            return [None] * count
         return [self._count(self._read(raw, max_stale_s)) for raw in raws]
 
     def _stored(self, value: bytes, ttl_s: float) -> tuple[bytes, int]:
@@ -175,24 +199,36 @@ class RedisCache:
         return bool(await self._call(lambda c: c.set(self.redis_key(key), data, px=px)))
 
     async def put_many(
-        self, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]], ttl_s: float
+        self,
+        items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+        ttl_s: float,
+        *,
+        hand_over: tuple[str, bytes, float] | None = None,
     ) -> bool:
-        """Store many values in one round trip (a pipeline of SET PX)."""
+        """Store many values in one round trip (a pipeline of SET PX). With `hand_over`
+        (a claimed flight, its answer and how long its waiters may need it), the same
+        round trip stores the answer under the flight and then releases its lock: in
+        that order, or a waiter seeing neither would compute too."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
         if not ttl_s > 0:
-            return False
-        if not pairs:
-            return True
+            pairs = []
         stored = [(self.redis_key(k), *self._stored(v, ttl_s)) for k, v in pairs]
+        if hand_over is not None:
+            flight, value, flight_ttl_s = hand_over
+            stored.append((self.redis_key(flight), *self._stored(value, flight_ttl_s)))
+        if not stored:
+            return ttl_s > 0
 
         async def send(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for name, data, px in stored:
                 pipe.set(name, data, px=px)
+            if hand_over is not None:
+                pipe.eval(RELEASE_SCRIPT, 1, self.lock_key(hand_over[0]), self._token)
             return await pipe.execute()
 
         answers = await self._call(send)
-        return answers is not None and all(answers)
+        return ttl_s > 0 and answers is not None and all(answers[: len(pairs)])
 
     async def delete(self, key: str) -> bool:
         return bool(await self._call(lambda c: c.unlink(self.redis_key(key))))

@@ -14,18 +14,33 @@ uncached, `surge_cache_redis_up` and one log line say so.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import orjson
-
-from surge.cache.codec import CorruptEntry, decode, decode_row, encode, encode_rows, stack_rows
-from surge.cache.keys import Uncacheable, endpoint_key, endpoint_prefix, model_identity, row_keys
+from surge.cache.codec import (
+    CorruptEntry,
+    assemble_rows,
+    decode,
+    encode,
+    encode_rows,
+)
+from surge.cache.flight import (
+    FLIGHT_RESULT_TTL_S,
+    LeaderDeadline,
+    flight_key,
+    lock_ttl_ms,
+    time_left,
+)
+from surge.cache.keys import (
+    Uncacheable,
+    endpoint_key,
+    endpoint_prefix,
+    row_keys,
+    version_identity,
+)
 from surge.cache.memory import MemoryCache
 from surge.config_cache import CacheConfig
 from surge.core.clock import monotonic
@@ -44,15 +59,9 @@ IGNORED_PARAMETERS = frozenset(
     {"user", "binary_data_output", "binary_data", "binary_data_size", "content_type"}
 )
 MAX_PENDING_WRITES = 256  # background Redis writes in flight; past it, skipped (memory has it)
-FLIGHT_RESULT_TTL_S = 10.0  # a cross-process leader's answer, kept for its waiters
 MAX_FLIGHTS = 10_000  # identical-request groups tracked at once; past it, no coalescing
 
 Compute = Callable[[Tensors, int], Awaitable[Tensors]]
-
-
-class LeaderDeadline(SurgeError):
-    """The computing request's own deadline ran out: its waiters, whose deadlines may be
-    later, compute for themselves rather than share a failure that was not theirs."""
 
 
 class EndpointCache:
@@ -79,19 +88,11 @@ class EndpointCache:
         self._writes: set[asyncio.Task[Any]] = set()
 
     def identity(self, deployment: Deployment) -> bytes:
-        """The serving version's identity: name, version and a digest of its manifest
-        (checksums and parameters) and quantization; computed once per deployment."""
+        """The serving version's identity (`version_identity`), once per deployment."""
         found = self._identities.get(id(deployment))
         if found is not None and found[0] is deployment:
             return found[1]
-        spec = deployment.spec
-        manifest = orjson.dumps(
-            spec.version.manifest.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS
-        )
-        digest = hashlib.sha256(
-            manifest + b"|" + str(spec.settings.quantization).encode()
-        ).hexdigest()
-        identity = model_identity(spec.version.model, spec.version.version, digest)
+        identity = version_identity(deployment.spec)
         if len(self._identities) > 64:  # old versions come and go with rollouts
             self._identities.clear()
         self._identities[id(deployment)] = (deployment, identity)
@@ -107,16 +108,10 @@ class EndpointCache:
         compute: Compute,
     ) -> Tensors:
         """The request's outputs, from the cache where it can, else from `compute`."""
-        params = {k: v for k, v in (parameters or {}).items() if k not in IGNORED_PARAMETERS}
-        tenant = ctx.tenant if self.config.scope == "tenant" else None
-        try:
-            keys = [
-                endpoint_key(self.endpoint, k)
-                for k in row_keys(self.identity(deployment), tensors, params, tenant)
-            ]
-        except Uncacheable:
+        keys = self._keys(deployment, ctx, tensors, parameters)
+        if keys is None:
             return await compute(tensors, rows)
-        found, stale = await self._look_up(keys)
+        found, stale, claim = await self._look_up(ctx, keys)
         missing = [i for i, value in enumerate(found) if value is None]
         hit_rows = rows - len(missing)
         self.rows["hit"] += hit_rows
@@ -124,7 +119,11 @@ class EndpointCache:
         coalesced = False
         fresh: Tensors | None = None
         if missing:
-            fresh, coalesced = await self._compute(deployment, ctx, tensors, missing, keys, compute)
+            fresh, coalesced = await self._compute(
+                deployment, ctx, tensors, missing, keys, compute, claim
+            )
+        elif claim is not None:  # Redis had every row after all
+            self._give_back(*claim)
         result = "stale" if stale and not missing else "hit" if not missing else "miss"
         if coalesced:
             result = "coalesced"
@@ -140,7 +139,7 @@ class EndpointCache:
         }  # fmt: skip
         if fresh is not None and len(missing) == rows:
             return fresh
-        return self._assemble(found, fresh, missing)
+        return assemble_rows(found, fresh)
 
     def cached_answer(
         self, deployment: Deployment, ctx: RequestContext, tensors: Tensors,
@@ -149,15 +148,12 @@ class EndpointCache:
         """Every row's answer from this process's memory, fresh or up to one more TTL
         past it, without computing anything; None when a row is missing. The deadline
         ladder's last rung: better an answer a little old than none in time."""
-        params = {k: v for k, v in (parameters or {}).items() if k not in IGNORED_PARAMETERS}
-        tenant = ctx.tenant if self.config.scope == "tenant" else None
-        try:
-            keys = row_keys(self.identity(deployment), tensors, params, tenant)
-        except Uncacheable:
+        keys = self._keys(deployment, ctx, tensors, parameters)
+        if keys is None:
             return None
         now, found = self.clock(), []
         for key in keys:
-            entry = self.memory.get_stale(endpoint_key(self.endpoint, key), now, self.config.ttl_s)
+            entry = self.memory.get_stale(key, now, self.config.ttl_s)
             if entry is None:
                 return None
             found.append(entry.value)
@@ -167,24 +163,26 @@ class EndpointCache:
         ctx.cache = {"endpoint": self.endpoint, "result": "stale", "rows": rows,
                      "hit_rows": rows, "coalesced": False, "stale": True,
                      "saved_compute_s": deployment.latency.estimate_s(rows)}  # fmt: skip
-        return self._assemble(list(found), None, [])
+        return assemble_rows(list(found), None)
 
-    def _assemble(
-        self, found: list[bytes | None], fresh: Tensors | None, missing: list[int]
-    ) -> Tensors:
-        """Cached and fresh rows back into one answer, in the request's order."""
-        row_dicts: list[dict[str, np.ndarray]] = []
-        next_fresh = 0
-        for value in found:
-            if value is not None:
-                row_dicts.append(decode_row(value))
-            else:
-                assert fresh is not None
-                row_dicts.append({n: a[next_fresh] for n, a in fresh.items()})
-                next_fresh += 1
-        return stack_rows(row_dicts)
+    def _keys(
+        self, deployment: Deployment, ctx: RequestContext, tensors: Tensors,
+        parameters: dict[str, Any] | None,
+    ) -> list[str] | None:  # fmt: skip
+        """Each row's key as stored; None when the input has no canonical form."""
+        params = {k: v for k, v in (parameters or {}).items() if k not in IGNORED_PARAMETERS}
+        tenant = ctx.tenant if self.config.scope == "tenant" else None
+        try:
+            keys = row_keys(self.identity(deployment), tensors, params, tenant)
+        except Uncacheable:
+            return None
+        return [endpoint_key(self.endpoint, k) for k in keys]
 
-    async def _look_up(self, keys: list[str]) -> tuple[list[bytes | None], bool]:
+    async def _look_up(
+        self, ctx: RequestContext, keys: list[str]
+    ) -> tuple[list[bytes | None], bool, tuple[str, bool] | None]:
+        """Each row's value (None: missing), whether one is stale, and the claim (flight,
+        taken) of the missing rows' computation made in Redis's round trip, if any."""
         now = self.clock()
         stale_s = self.stale_allowed_s()
         found: list[bytes | None] = []
@@ -196,9 +194,17 @@ class EndpointCache:
                 stale = stale or entry is not None
             found.append(None if entry is None else entry.value)
         missing = [i for i, value in enumerate(found) if value is None]
-        redis = self.redis
+        redis, claim = self.redis, None
         if missing and redis is not None and redis.healthy:
-            entries = await redis.get_many([keys[i] for i in missing], max_stale_s=stale_s)
+            asked = [keys[i] for i in missing]
+            flight = flight_key(self.endpoint, asked)
+            if self.config.coalesce and flight not in self._inflight:
+                entries, taken = await redis.get_many_and_claim(
+                    asked, flight, lock_ttl_ms(ctx, now), max_stale_s=stale_s
+                )
+                claim = (flight, taken)
+            else:
+                entries = await redis.get_many(asked, max_stale_s=stale_s)
             wall = time.time()
             for i, entry in zip(missing, entries, strict=True):
                 if entry is None:
@@ -207,7 +213,7 @@ class EndpointCache:
                 stale = stale or entry.stale
                 if not entry.stale:  # what another process computed is served here next
                     self.memory.put(keys[i], entry.value, now, max(0.0, entry.expires_at - wall))
-        return found, stale
+        return found, stale, claim
 
     async def _compute(
         self,
@@ -217,17 +223,24 @@ class EndpointCache:
         missing: list[int],
         keys: list[str],
         compute: Compute,
+        claim: tuple[str, bool] | None = None,
     ) -> tuple[Tensors, bool]:
         rows = len(next(iter(tensors.values())))
         part = tensors if len(missing) == rows else {n: a[missing] for n, a in tensors.items()}
         missing_keys = [keys[i] for i in missing]
-        flight = _flight_key(self.endpoint, missing_keys)
+        flight = flight_key(self.endpoint, missing_keys)
         elsewhere = False  # the answer came from another process's computation (Redis)
+        taken = claim[1] if claim is not None and claim[0] == flight else None
+        if claim is not None and taken is None:  # Redis had some rows: a claim of too many
+            self._give_back(*claim)
 
         async def leader() -> Tensors:
-            nonlocal elsewhere
-            outputs, elsewhere = await self._computed_once(ctx, flight, part, len(missing), compute)
-            self._store(missing_keys, outputs)
+            nonlocal elsewhere, taken
+            claimed, taken = taken, None  # a claim is used once: a retry claims anew
+            outputs, elsewhere, handed = await self._computed_once(
+                ctx, flight, part, len(missing), compute, claimed
+            )
+            self._store(missing_keys, outputs, flight if handed else None)
             return outputs
 
         if not self.config.coalesce or len(self._inflight) >= MAX_FLIGHTS:
@@ -238,11 +251,13 @@ class EndpointCache:
             # finished meanwhile: its answer is in memory now; computing again wastes a run.
             finished = self._from_memory(missing_keys)
             if finished is not None:
+                self._give_back(flight, taken)
                 self.coalescing["followers"] += 1
                 return finished, True
         elif computing is not None:
             shared = await self._follow(ctx, computing)
             if shared is not None:
+                self._give_back(flight, taken)
                 self.coalescing["followers"] += 1
                 return shared, True
             # The first one's own deadline ended its computation: compute here.
@@ -267,11 +282,9 @@ class EndpointCache:
         return outputs, elsewhere
 
     def _from_memory(self, keys: list[str]) -> Tensors | None:
-        now = self.clock()
-        values = [self.memory.get(key, now) for key in keys]
-        if any(value is None for value in values):
-            return None
-        return stack_rows([decode_row(value.value) for value in values if value is not None])
+        entries = [self.memory.get(key, self.clock()) for key in keys]
+        found = [None if entry is None else entry.value for entry in entries]
+        return None if None in found else assemble_rows(found, None)
 
     async def _follow(
         self, ctx: RequestContext, computing: asyncio.Future[Tensors]
@@ -280,14 +293,10 @@ class EndpointCache:
         deadline; None when that one cannot give it (its own deadline passed, or it was
         cancelled): then this request computes for itself."""
         try:
-            return await asyncio.wait_for(asyncio.shield(computing), _left(ctx, self.clock()))
+            return await asyncio.wait_for(asyncio.shield(computing), time_left(ctx, self.clock()))
         except TimeoutError:
-            raise SurgeError(
-                "deadline_exceeded",
-                f"{self.endpoint}: the deadline passed while waiting for an identical "
-                "request's answer",
-                504,
-            ) from None
+            message = "the deadline passed while waiting for an identical request's answer"
+            raise SurgeError("deadline_exceeded", f"{self.endpoint}: {message}", 504) from None
         except LeaderDeadline:
             return None
         except asyncio.CancelledError:
@@ -297,56 +306,66 @@ class EndpointCache:
             raise
 
     async def _computed_once(
-        self, ctx: RequestContext, flight: str, part: Tensors, rows: int, compute: Compute
-    ) -> tuple[Tensors, bool]:
+        self, ctx: RequestContext, flight: str, part: Tensors, rows: int, compute: Compute,
+        taken: bool | None,
+    ) -> tuple[Tensors, bool, bool]:  # fmt: skip
         """Compute, or, when another process already is (Redis), wait for its answer;
-        whether it was the other's."""
+        whether it was the other's, and whether this one holds the flight's lock (its
+        answer is then handed over to the waiters with the rows). `taken`: the claim
+        the lookup made, None when it made none."""
         redis = self.redis if self.config.coalesce else None
         claimed = False
-        if redis is not None and redis.healthy:
-            left = _left(ctx, self.clock())
-            claimed = await redis.claim(flight, ttl_ms=max(1, int(left * 1000)))
+        if redis is not None and (taken is not None or redis.healthy):
+            left = time_left(ctx, self.clock())
+            if taken is None:
+                taken = await redis.claim(flight, lock_ttl_ms(ctx, self.clock()))
+            claimed = taken
             if not claimed:
                 loop = asyncio.get_running_loop()
                 entry = await redis.wait_for(flight, loop.time() + left)
                 if entry is not None:
                     try:
-                        return decode(entry.value), True
+                        return decode(entry.value), True, False
                     except CorruptEntry:
                         pass  # computed here instead
         try:
-            outputs = await self._compute_guarded(ctx, part, rows, compute)
-        except BaseException:
-            if claimed and redis is not None:
-                self._background(redis.release(flight))  # the waiters compute themselves
-            raise
-        if claimed and redis is not None:
-            # Off the answer's path: the waiters poll for it; put before release, or a
-            # waiter seeing neither would compute too.
-            self._background(_hand_over(redis, flight, encode(outputs)))
-        return outputs, False
-
-    async def _compute_guarded(
-        self, ctx: RequestContext, part: Tensors, rows: int, compute: Compute
-    ) -> Tensors:
-        try:
-            return await compute(part, rows)
-        except SurgeError as error:
-            if error.status == 504 and ctx.remaining_s(self.clock()) <= 0:
+            outputs = await compute(part, rows)
+        except BaseException as error:
+            self._give_back(flight, claimed)  # the waiters compute themselves
+            timed_out = isinstance(error, SurgeError) and error.status == 504
+            if timed_out and ctx.remaining_s(self.clock()) <= 0:
+                assert isinstance(error, SurgeError)
                 raise LeaderDeadline(error.code, error.message, 504) from None
             raise
+        return outputs, False, claimed
 
-    def _store(self, keys: list[str], outputs: Tensors) -> None:
+    def _store(self, keys: list[str], outputs: Tensors, claimed: str | None) -> None:
+        """The fresh rows into memory now and into Redis in the background, where the
+        same round trip hands a `claimed` flight's answer to its waiters (off the
+        answer's path: they poll for it)."""
+        redis = self.redis
         try:
             values = encode_rows(outputs)
         except Uncacheable:
-            return
+            values = []
         now, ttl = self.clock(), self.config.ttl_s
-        for key, value in zip(keys, values, strict=True):
+        for key, value in zip(keys, values, strict=False):
             self.memory.put(key, value, now, ttl)
-        redis = self.redis
-        if redis is not None and redis.healthy:
-            self._background(redis.put_many(list(zip(keys, values, strict=True)), ttl))
+        if redis is None or (claimed is None and (not values or not redis.healthy)):
+            return
+        hand_over = None
+        if claimed is not None:
+            try:
+                hand_over = (claimed, encode(outputs), FLIGHT_RESULT_TTL_S)
+            except Uncacheable:
+                self._give_back(claimed, True)  # the waiters compute themselves
+        pairs = list(zip(keys, values, strict=False))
+        self._background(redis.put_many(pairs, ttl, hand_over=hand_over))
+
+    def _give_back(self, flight: str, taken: bool | None) -> None:
+        """Release a flight's lock this process took but will not compute under."""
+        if taken and self.redis is not None:
+            self._background(self.redis.release(flight))
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         """A Redis write the answer does not wait for (bounded: past MAX_PENDING_WRITES
@@ -378,23 +397,3 @@ class EndpointCache:
             "coalescing": {**self.coalescing, "in_flight": len(self._inflight)},
             "redis_up": None if self.redis is None else self.redis.healthy,
         }
-
-
-async def _hand_over(redis: RedisCache, flight: str, value: bytes) -> None:
-    try:
-        await redis.put(flight, value, FLIGHT_RESULT_TTL_S)
-    finally:
-        await redis.release(flight)
-
-
-def _flight_key(endpoint: str, keys: list[str]) -> str:
-    """The name of a computation of these rows (stored keys); one row's is its key,
-    marked: a flight's Redis lock and hand-over value must not land on the row's entry."""
-    if len(keys) == 1:
-        return keys[0] + "~"
-    digest = hashlib.blake2b("|".join(keys).encode(), digest_size=16).hexdigest()
-    return endpoint_key(endpoint, digest)
-
-
-def _left(ctx: RequestContext, now: float) -> float:
-    return max(0.001, ctx.remaining_s(now))
