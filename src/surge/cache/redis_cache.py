@@ -122,6 +122,15 @@ class RedisCache:
             self.unavailable += 1
             return None
 
+    async def _execute(self, *commands: Sequence[Any]) -> list[Any] | None:
+        """Raw commands in one round trip (GuardedRedis.execute); None when Redis could
+        not answer."""
+        try:
+            return await self.redis.execute(*commands)
+        except RedisUnavailable:
+            self.unavailable += 1
+            return None
+
     def _read(self, raw: bytes | None, max_stale_s: float) -> RedisEntry | None:
         if raw is None:
             return None
@@ -146,8 +155,8 @@ class RedisCache:
     async def get(self, key: str, *, max_stale_s: float = 0.0) -> RedisEntry | None:
         """The value if fresh, or expired for at most `max_stale_s` (emergency mode);
         None on a miss and when Redis cannot answer."""
-        raw = await self._call(lambda c: c.get(self.redis_key(key)))
-        return self._count(self._read(raw, max_stale_s))
+        replies = await self._execute(("GET", self.redis_key(key)))
+        return self._count(self._read(None if replies is None else replies[0], max_stale_s))
 
     async def get_many(
         self, keys: Sequence[str], *, max_stale_s: float = 0.0
@@ -155,9 +164,8 @@ class RedisCache:
         """One MGET for many keys (the rows of a batched request), in their order."""
         if not keys:
             return []
-        names = [self.redis_key(k) for k in keys]
-        raws = await self._call(lambda c: c.mget(names))
-        return self._entries(raws, len(keys), max_stale_s)
+        replies = await self._execute(("MGET", *(self.redis_key(k) for k in keys)))
+        return self._entries(None if replies is None else replies[0], len(keys), max_stale_s)
 
     async def get_many_and_claim(
         self, keys: Sequence[str], flight: str, ttl_ms: int, *, max_stale_s: float = 0.0
@@ -166,15 +174,10 @@ class RedisCache:
         case, then needs no second one before computing. The claim is True also when
         Redis cannot say (compute yourself); a caller that found rows after all gives the
         lock back with `release`."""
-        names = [self.redis_key(k) for k in keys]
-
-        async def send(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.mget(names)
-            pipe.set(self.lock_key(flight), self._token, nx=True, px=max(1, ttl_ms))
-            return await pipe.execute()
-
-        answers = await self._call(send)
+        answers = await self._execute(
+            ("MGET", *(self.redis_key(k) for k in keys)),
+            ("SET", self.lock_key(flight), self._token, "NX", "PX", max(1, ttl_ms)),
+        )
         raws, taken = (None, True) if answers is None else answers
         return self._entries(raws, len(keys), max_stale_s), bool(taken)
 
@@ -196,7 +199,8 @@ class RedisCache:
         if not ttl_s > 0:
             return False
         data, px = self._stored(value, ttl_s)
-        return bool(await self._call(lambda c: c.set(self.redis_key(key), data, px=px)))
+        replies = await self._execute(("SET", self.redis_key(key), data, "PX", px))
+        return replies is not None and bool(replies[0])
 
     async def put_many(
         self,
@@ -218,16 +222,10 @@ class RedisCache:
             stored.append((self.redis_key(flight), *self._stored(value, flight_ttl_s)))
         if not stored:
             return ttl_s > 0
-
-        async def send(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for name, data, px in stored:
-                pipe.set(name, data, px=px)
-            if hand_over is not None:
-                pipe.eval(RELEASE_SCRIPT, 1, self.lock_key(hand_over[0]), self._token)
-            return await pipe.execute()
-
-        answers = await self._call(send)
+        commands: list[tuple[Any, ...]] = [("SET", n, d, "PX", px) for n, d, px in stored]
+        if hand_over is not None:
+            commands.append(self._release_command(hand_over[0]))
+        answers = await self._execute(*commands)
         return ttl_s > 0 and answers is not None and all(answers[: len(pairs)])
 
     async def delete(self, key: str) -> bool:
@@ -261,19 +259,17 @@ class RedisCache:
         """Whether this process should compute `key`: True when it took the lock (for
         `ttl_ms`, about the longest a computation may take) or when Redis cannot say;
         False when another process holds it: `wait_for` its answer."""
-        try:
-            taken = await self.redis.call(
-                lambda c: c.set(self.lock_key(key), self._token, nx=True, px=max(1, ttl_ms))
-            )
-        except RedisUnavailable:
-            self.unavailable += 1
-            return True
-        return bool(taken)
+        lock = ("SET", self.lock_key(key), self._token, "NX", "PX", max(1, ttl_ms))
+        replies = await self._execute(lock)
+        return True if replies is None else bool(replies[0])
 
     async def release(self, key: str) -> None:
         """Give the lock back (after `put`, so waiters find the value, not an empty key:
         a waiter that sees neither value nor lock computes on its own)."""
-        await self._call(lambda c: c.eval(RELEASE_SCRIPT, 1, self.lock_key(key), self._token))
+        await self._execute(self._release_command(key))
+
+    def _release_command(self, key: str) -> tuple[Any, ...]:
+        return ("EVAL", RELEASE_SCRIPT, 1, self.lock_key(key), self._token)
 
     async def wait_for(
         self, key: str, deadline: float, *, poll_max_s: float = POLL_MAX_S
@@ -286,10 +282,10 @@ class RedisCache:
         names = [self.redis_key(key), self.lock_key(key)]
         pause = POLL_FIRST_S
         while True:
-            found = await self._call(lambda c: c.mget(names))
-            if found is None:
+            replies = await self._execute(("MGET", *names))
+            if replies is None:
                 return None
-            value, lock = found
+            value, lock = replies[0]
             entry = self._read(value, 0.0)
             if entry is not None:
                 return self._count(entry)
