@@ -140,12 +140,16 @@ class GuardedRedis:
         if not self._healthy:
             raise RedisUnavailable(f"{self.what}: redis at {self.safe_url} is down")
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            self.busy += 1
-            raise RedisUnavailable(f"{self.what}: no free connection to redis in time") from None
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken at once, no timer needed
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self.busy += 1
+                message = "no free connection to redis in time"
+                raise RedisUnavailable(f"{self.what}: {message}") from None
         try:
             async with asyncio.timeout_at(deadline):
                 result = await command(client)
