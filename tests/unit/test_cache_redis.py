@@ -387,3 +387,37 @@ def test_a_frozen_redis_is_down_after_repeated_late_answers_and_costs_each_call_
 
 def _namespace() -> str:
     return f"test-cache-{uuid.uuid4().hex[:8]}"
+
+
+@needs_redis_server
+def test_calls_late_together_in_one_stall_count_once_toward_an_outage(server):
+    """A busy machine pauses Redis (or this process) for a moment: every call in flight
+    then times out at once. That is one late answer, not twenty: Redis is called down
+    only when calls sent after a late one are late too, TIMEOUTS_BEFORE_DOWN in a row."""
+    timeout_s = 0.2
+
+    async def scenario() -> dict:
+        cache = RedisCache(server.url(), _namespace(), timeout_s=timeout_s)
+        await cache.start()
+        await cache.put("embed:k", b"v", ttl_s=60)
+        server.signal(signal.SIGSTOP)
+        seen: dict = {}
+        try:
+            stalled = await asyncio.gather(*(cache.get("embed:k") for _ in range(20)))
+            seen["stall"] = (stalled, cache.healthy)
+            for _ in range(TIMEOUTS_BEFORE_DOWN - 2):  # still late, one after another
+                await cache.get("embed:k")
+            seen["one_short"] = cache.healthy
+            await cache.get("embed:k")
+            seen["down"] = not cache.healthy
+        finally:
+            server.signal(signal.SIGCONT)
+        await _until(lambda: cache.healthy, "the cache to find redis again")
+        seen["after"] = await cache.get("embed:k")
+        await cache.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen["stall"] == ([None] * 20, True)  # 20 late answers, one stall: still up
+    assert seen["one_short"] and seen["down"]
+    assert seen["after"].value == b"v"

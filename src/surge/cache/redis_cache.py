@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from surge.cache.write_behind import Write
 from surge.cluster.guarded_redis import GuardedRedis
 from surge.cluster.redis_link import RedisUnavailable
 
@@ -214,19 +215,32 @@ class RedisCache:
         round trip stores the answer under the flight and then releases its lock: in
         that order, or a waiter seeing neither would compute too."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
-        if not ttl_s > 0:
-            pairs = []
-        stored = [(self.redis_key(k), *self._stored(v, ttl_s)) for k, v in pairs]
+        write = Write(pairs, ttl_s)
         if hand_over is not None:
-            flight, value, flight_ttl_s = hand_over
-            stored.append((self.redis_key(flight), *self._stored(value, flight_ttl_s)))
-        if not stored:
+            write.flight, write.hand_over, write.hand_over_ttl_s = hand_over
+        commands = self._write_commands(write)
+        if not commands:
             return ttl_s > 0
-        commands: list[tuple[Any, ...]] = [("SET", n, d, "PX", px) for n, d, px in stored]
-        if hand_over is not None:
-            commands.append(self._release_command(hand_over[0]))
         answers = await self._execute(*commands)
         return ttl_s > 0 and answers is not None and all(answers[: len(pairs)])
+
+    async def write_batch(self, writes: Sequence[Write]) -> bool:
+        """Many misses' writes (write_behind.py) in one pipeline; whether Redis took it."""
+        commands = [command for write in writes for command in self._write_commands(write)]
+        return not commands or await self._execute(*commands) is not None
+
+    def _write_commands(self, write: Write) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
+        if write.ttl_s > 0:
+            for key, value in write.rows:
+                data, px = self._stored(value, write.ttl_s)
+                commands.append(("SET", self.redis_key(key), data, "PX", px))
+        if write.flight is not None:
+            if write.hand_over is not None:
+                data, px = self._stored(write.hand_over, write.hand_over_ttl_s)
+                commands.append(("SET", self.redis_key(write.flight), data, "PX", px))
+            commands.append(self._release_command(write.flight))
+        return commands
 
     async def delete(self, key: str) -> bool:
         return bool(await self._call(lambda c: c.unlink(self.redis_key(key))))

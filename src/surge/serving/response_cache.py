@@ -14,10 +14,11 @@ uncached, `surge_cache_redis_up` and one log line say so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from surge.cache.codec import (
@@ -42,6 +43,7 @@ from surge.cache.keys import (
     version_identity,
 )
 from surge.cache.memory import MemoryCache
+from surge.cache.write_behind import Write, WriteBehind
 from surge.config_cache import CacheConfig
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
@@ -58,7 +60,6 @@ log = logging.getLogger("surge.cache")
 IGNORED_PARAMETERS = frozenset(
     {"user", "binary_data_output", "binary_data", "binary_data_size", "content_type"}
 )
-MAX_PENDING_WRITES = 256  # background Redis writes in flight; past it, skipped (memory has it)
 MAX_FLIGHTS = 10_000  # identical-request groups tracked at once; past it, no coalescing
 
 Compute = Callable[[Tensors, int], Awaitable[Tensors]]
@@ -85,7 +86,7 @@ class EndpointCache:
         self.rows: Counter[str] = Counter()  # per row: hit, miss
         self.saved_compute_s = 0.0
         self._identities: dict[int, tuple[Deployment, bytes]] = {}
-        self._writes: set[asyncio.Task[Any]] = set()
+        self.writer = WriteBehind(self.redis) if self.redis is not None else None
 
     def identity(self, deployment: Deployment) -> bytes:
         """The serving version's identity (`version_identity`), once per deployment."""
@@ -340,10 +341,8 @@ class EndpointCache:
         return outputs, False, claimed
 
     def _store(self, keys: list[str], outputs: Tensors, claimed: str | None) -> None:
-        """The fresh rows into memory now and into Redis in the background, where the
-        same round trip hands a `claimed` flight's answer to its waiters (off the
-        answer's path: they poll for it)."""
-        redis = self.redis
+        """The fresh rows into memory now and to Redis through the write-behind queue,
+        with a `claimed` flight's answer for its waiters (they poll for it)."""
         try:
             values = encode_rows(outputs)
         except Uncacheable:
@@ -351,31 +350,20 @@ class EndpointCache:
         now, ttl = self.clock(), self.config.ttl_s
         for key, value in zip(keys, values, strict=False):
             self.memory.put(key, value, now, ttl)
-        if redis is None or (claimed is None and (not values or not redis.healthy)):
+        writer = self.writer
+        if writer is None or (claimed is None and (not values or not writer.redis.healthy)):
             return
-        hand_over = None
-        if claimed is not None:
-            try:
-                hand_over = (claimed, encode(outputs), FLIGHT_RESULT_TTL_S)
-            except Uncacheable:
-                self._give_back(claimed, True)  # the waiters compute themselves
-        pairs = list(zip(keys, values, strict=False))
-        self._background(redis.put_many(pairs, ttl, hand_over=hand_over))
+        write = Write(list(zip(keys, values, strict=False)), ttl, claimed)
+        # Uncacheable: the lock is released with nothing handed over, waiters compute.
+        with contextlib.suppress(Uncacheable):
+            if claimed is not None:
+                write.hand_over, write.hand_over_ttl_s = encode(outputs), FLIGHT_RESULT_TTL_S
+        writer.offer(write)
 
     def _give_back(self, flight: str, taken: bool | None) -> None:
         """Release a flight's lock this process took but will not compute under."""
-        if taken and self.redis is not None:
-            self._background(self.redis.release(flight))
-
-    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
-        """A Redis write the answer does not wait for (bounded: past MAX_PENDING_WRITES
-        it is dropped; this process's memory has the answer anyway)."""
-        if len(self._writes) >= MAX_PENDING_WRITES:
-            work.close()
-            return
-        task = asyncio.ensure_future(work)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        if taken and self.writer is not None:
+            self.writer.offer(Write([], 0.0, flight))
 
     async def purge(self) -> dict[str, Any]:
         """Forget every answer of this endpoint, here and in Redis (other processes'
@@ -396,4 +384,5 @@ class EndpointCache:
             "memory": self.memory.stats(),
             "coalescing": {**self.coalescing, "in_flight": len(self._inflight)},
             "redis_up": None if self.redis is None else self.redis.healthy,
+            "redis_writes": None if self.writer is None else self.writer.stats(),
         }
