@@ -3,9 +3,11 @@ HTTP_PROXY, NO_PROXY), looked up once when the provider is made."""
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
-from surge.llm.provider import Provider, env_proxy
+from surge.llm.provider import Provider, env_proxy, tls_context
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +35,21 @@ def test_no_proxy_exempts_its_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env_proxy("http://vllm.internal:8000/v1") is None
     assert env_proxy("http://tgi.ns.cluster.local/v1") is None
     assert env_proxy("http://elsewhere.example/v1") == "http://proxy.internal:3128"
+
+
+def test_tls_trusts_certifis_bundle_unless_the_environment_names_certificates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import certifi
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = tls_context()
+    assert default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    assert default.cert_store_stats()["x509_ca"] > 50  # certifi's roots, not an empty store
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert tls_context().cert_store_stats()["x509_ca"] == default.cert_store_stats()["x509_ca"]
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(FileNotFoundError):  # a wrong path fails the start, not a request
+        Provider("openai", "https://api.openai.com/v1")
+    Provider("local", "http://127.0.0.1:8000/v1")  # plain HTTP needs no certificates

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
@@ -103,6 +105,10 @@ class Provider:
         # The proxy, from HTTPS_PROXY/NO_PROXY and friends as curl reads them, once:
         # aiohttp's own `trust_env` looks it up on a thread for every request.
         self.proxy = env_proxy(self.base_url)
+        # Made here, not at the first call: a wrong SSL_CERT_FILE fails the start.
+        self._tls: ssl.SSLContext | bool = (
+            tls_context() if self.base_url.startswith("https:") else True
+        )
         self._session: aiohttp.ClientSession | None = None
         self._connector: CountingConnector | None = None
         self.in_flight = 0
@@ -117,7 +123,7 @@ class Provider:
             # ProviderBackend. As many connections are kept as may be in flight, so that
             # a burst reuses them rather than paying a handshake each.
             self._connector = CountingConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S, ssl=self._tls
             )
             session = self._session = aiohttp.ClientSession(
                 headers=self.headers,
@@ -164,6 +170,21 @@ class CountingConnector(aiohttp.TCPConnector):
     async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
         self.opened += 1
         return await super()._create_connection(*args, **kwargs)
+
+
+def tls_context() -> ssl.SSLContext:
+    """Certificates to trust as httpx and requests do: SSL_CERT_FILE / SSL_CERT_DIR when
+    set, else certifi's bundle (a slim image may have no system CA store; httpx, which
+    this client replaced, carried certifi's)."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if not cafile and not capath:
+        try:
+            import certifi
+
+            cafile = certifi.where()
+        except ImportError:  # the system store, as the ssl module has it
+            pass
+    return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
 
 
 def env_proxy(url: str) -> str | None:
