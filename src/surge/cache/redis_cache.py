@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from surge.cache.write_behind import Write
 from surge.cluster.guarded_redis import GuardedRedis
 from surge.cluster.redis_link import RedisUnavailable
 
@@ -50,6 +49,19 @@ RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(slots=True)
+class Write:
+    """One miss's writes: its rows (for `ttl_s`), and the flight it claimed, whose lock
+    is released after `hand_over` (the flight's answer, kept `hand_over_ttl_s`) is
+    stored; with no rows and no hand-over, only the release."""
+
+    rows: list[tuple[str, bytes]]
+    ttl_s: float
+    flight: str | None = None
+    hand_over: bytes | None = None
+    hand_over_ttl_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,29 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from surge.cache.redis_cache import RedisCache
+from surge.cache.redis_cache import RedisCache, Write
 
 log = logging.getLogger("surge.cache")
 
 MAX_QUEUED = 4096  # writes waiting; past it, dropped
 MAX_BATCH = 256  # writes in one pipeline
-
-
-@dataclass(slots=True)
-class Write:
-    """One miss's writes: its rows (for `ttl_s`), and the flight it claimed, whose lock
-    is released after `hand_over` (the flight's answer, kept `hand_over_ttl_s`) is
-    stored; with no rows and no hand-over, only the release."""
-
-    rows: list[tuple[str, bytes]]
-    ttl_s: float
-    flight: str | None = None
-    hand_over: bytes | None = None
-    hand_over_ttl_s: float = 0.0
 
 
 class WriteBehind:
