@@ -193,6 +193,7 @@ def test_purge_reaches_redis_and_every_process(servers) -> None:
     a, b = servers
     texts = ["purge me please"]
     embed(a, texts)
+    assert cache_of(embed(a, texts))["result"] == "hit"  # a holds it (and the stats say so)
     time.sleep(0.2)
     assert cache_of(embed(b, texts))["result"] == "hit"  # b holds it in memory now
     purged = httpx.post(f"{a.url}/admin/cache/embed/purge", headers=ADMIN)

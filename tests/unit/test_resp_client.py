@@ -6,6 +6,7 @@ on top of it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import uuid
@@ -164,5 +165,27 @@ def test_connections_a_restarted_server_closed_are_not_reused(locked_server) -> 
             assert await client.execute([("GET", "k"), ("PING",)]) == [None, b"PONG"]
         finally:
             await client.aclose()
+
+    asyncio.run(scenario())
+
+
+@needs_redis
+def test_a_script_redis_does_not_hold_is_sent_whole_then_run_by_its_digest() -> None:
+    marker = uuid.uuid4().hex
+    script = f"return {{'{marker}', KEYS[1], ARGV[1]}}"  # new text: not in Redis's cache
+    sha = hashlib.sha1(script.encode()).hexdigest()
+
+    async def scenario() -> None:
+        guarded = GuardedRedis(REDIS_URL, timeout_s=1.0, what="test", on_down_note="-")
+        await guarded.start()
+        try:
+            assert (await guarded.execute(("SCRIPT", "EXISTS", sha)))[0] == [0]
+            expected = [marker.encode(), b"k", b"7"]
+            assert await guarded.eval_script(sha, script, ["k"], ["7"]) == expected  # EVAL
+            assert (await guarded.execute(("SCRIPT", "EXISTS", sha)))[0] == [1]
+            assert await guarded.eval_script(sha, script, ["k"], ["7"]) == expected  # EVALSHA
+            assert guarded.healthy and guarded.failures == 0  # NOSCRIPT is not a refusal
+        finally:
+            await guarded.stop()
 
     asyncio.run(scenario())

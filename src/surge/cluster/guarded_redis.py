@@ -132,6 +132,26 @@ class GuardedRedis:
 
         return await self.call(pipelined)
 
+    async def eval_script(
+        self, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """A Lua script's reply: EVALSHA, then EVAL when Redis does not hold the script
+        (a restart flushed it), within one guarded call; through the lean client where
+        it can (about a third of redis-py's CPU per call)."""
+        fast = self._fast
+        if fast is None:
+            return await self.call(lambda client: _redis_py_script(client, sha, script, keys, args))
+
+        async def run(_: Redis) -> Any:
+            try:
+                return (await fast.execute([("EVALSHA", sha, len(keys), *keys, *args)]))[0]
+            except RespReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+            return (await fast.execute([("EVAL", script, len(keys), *keys, *args)]))[0]
+
+        return await self.call(run)
+
     async def call(self, command: Callable[[Redis], Awaitable[T]]) -> T:
         from redis.exceptions import ResponseError
 
@@ -219,3 +239,14 @@ class GuardedRedis:
                 self._pinger = None
                 log.info("%s: redis at %s reachable again", self.what, self.safe_url)
                 return
+
+
+async def _redis_py_script(
+    client: Redis, sha: str, script: str, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    from redis.exceptions import NoScriptError
+
+    try:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(script, len(keys), *keys, *args)

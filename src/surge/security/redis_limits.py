@@ -36,7 +36,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from surge.cluster.guarded_redis import GuardedRedis
 from surge.cluster.redis_link import RedisUnavailable
@@ -50,9 +50,6 @@ from surge.security.rate_limit import (
     assess,
     interval,
 )
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = logging.getLogger("surge.security")
 
@@ -234,7 +231,7 @@ class RedisLimiter:
             numbers += request_args
         args = [SLACK_ARG, " ".join(numbers)]
         try:
-            reply = await self.redis.call(lambda c: _run_script(c, keys, args))
+            reply = await self.redis.eval_script(GCRA_SHA, GCRA_SCRIPT, keys, args)
         except RedisUnavailable as exc:
             for *_, answer in batch:
                 if not answer.done():
@@ -250,12 +247,3 @@ class RedisLimiter:
             self._in_flight -= 1
             if self._waiting and self._in_flight < MAX_BATCHES_IN_FLIGHT:
                 self._send_next()
-
-
-async def _run_script(client: Redis, keys: list[str], args: list[Any]) -> list[Any]:
-    from redis.exceptions import NoScriptError
-
-    try:
-        return await client.evalsha(GCRA_SHA, len(keys), *keys, *args)
-    except NoScriptError:
-        return await client.eval(GCRA_SCRIPT, len(keys), *keys, *args)
