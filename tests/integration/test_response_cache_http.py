@@ -224,6 +224,11 @@ def test_redis_stopped_mid_load_fails_no_request(
 
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 list(pool.map(load, range(150)))
+                written = re.search(
+                    r'^surge_cache_redis_writes_total\{endpoint="embed",result="written"\} (\S+)$',
+                    httpx.get(f"{server.url}/metrics").text, re.M,
+                )  # fmt: skip
+                assert written is not None and float(written.group(1)) >= 1  # Redis had rows
                 private.kill()
                 list(pool.map(load, range(150, 400)))
             assert statuses.count(200) == 400

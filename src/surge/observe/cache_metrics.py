@@ -44,6 +44,12 @@ class CacheCollector(Collector):
             "1 while the shared cache (Redis) answers, 0 while serving goes on uncached by it",
             labels=["endpoint"],
         )
+        writes = CounterMetricFamily(
+            "surge_cache_redis_writes",
+            "Writes to the shared cache (a miss's rows, a hand-over, a release): written, or "
+            "dropped (the write-behind queue was full, or Redis did not take the batch)",
+            labels=["endpoint", "result"],
+        )
         for name, endpoint in self.endpoints.items():
             cache = endpoint.cache
             if cache is None:
@@ -59,4 +65,7 @@ class CacheCollector(Collector):
             evictions.add_metric([name], memory["evictions"])
             if cache.redis is not None:
                 redis_up.add_metric([name], 1.0 if cache.redis.healthy else 0.0)
-        yield from (requests, rows, saved, size, entries, evictions, redis_up)
+            if cache.writer is not None:
+                writes.add_metric([name, "written"], cache.writer.written)
+                writes.add_metric([name, "dropped"], cache.writer.dropped)
+        yield from (requests, rows, saved, size, entries, evictions, redis_up, writes)
