@@ -8,8 +8,22 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 REDIS_SERVER = "/usr/bin/redis-server"
 PATIENCE_S = 8.0  # how long it may take to start
+
+
+def shared_redis_up() -> bool:
+    """Whether the machine's shared Redis answers on 127.0.0.1:6379."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not shared_redis_up(), reason="no Redis at 127.0.0.1:6379")
 
 
 def _free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 import uuid
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from surge.security.budget import (
     reset_at,
     window_id,
 )
+from tests.redis_server import needs_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PATIENCE_S = 5.0
@@ -109,17 +109,6 @@ def test_tenants_without_a_budget_are_never_refused_but_their_spend_is_reported(
 def test_budget_error_rounds_the_wait_up_to_a_second_at_least():
     check = assess_budget(BudgetConfig(per_hour=1.0), {"hour": 2.0}, unix("2025-06-15T13:59:59.9"))
     assert budget_error("acme", check, unix("2025-06-15T13:59:59.9")).retry_after_s == 1.0
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 
 
 async def _drop(namespace: str) -> None:

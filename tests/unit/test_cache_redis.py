@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 
 from surge.cache.redis_cache import PURGE_BATCH, RedisCache
 from surge.cluster.guarded_redis import TIMEOUTS_BEFORE_DOWN
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import REDIS_SERVER, RedisServer, needs_redis, shared_redis_up
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TIMEOUT_S = 0.5  # generous: a 2-core machine is shared
@@ -34,15 +33,6 @@ PATIENCE_S = 8.0  # only a broken cache waits this long
 pytestmark = pytest.mark.timeout(60)
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 needs_redis_server = pytest.mark.skipif(
     not os.path.exists(REDIS_SERVER), reason=f"{REDIS_SERVER} is absent (apt install redis)"
 )
@@ -70,7 +60,7 @@ def namespace() -> Iterator[str]:
             await client.unlink(*keys)
         await client.aclose()
 
-    if _redis_up():
+    if shared_redis_up():
         asyncio.run(drop())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from surge.core.context import RequestContext
 from surge.core.errors import SurgeError
 from surge.security.auth import Principal
 from surge.serving.bandit_route import BanditRoute, feedback_token, token_matches
+from tests.redis_server import needs_redis
 from tests.stores import fresh_store
 
 SECRET = b"s3cret"
@@ -228,15 +228,7 @@ def test_a_refused_take_leaves_the_entry_in_the_registry(registry):
     asyncio.run(main())
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+@needs_redis
 def test_a_refused_take_puts_the_entry_back_in_redis_for_the_rest_of_its_time():
     from surge.cluster.redis_link import RedisLink
 

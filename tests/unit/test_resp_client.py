@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -17,22 +16,11 @@ import pytest
 from surge.cluster.guarded_redis import GuardedRedis
 from surge.cluster.redis_link import RedisUnavailable
 from surge.cluster.resp_client import RespClient, RespReplyError, encode, supports
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import REDIS_SERVER, RedisServer, needs_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 
 
 def test_commands_are_written_as_resp_arrays_of_bulk_strings() -> None:
