@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from surge.cache.redis_cache import PURGE_BATCH, RedisCache
+from surge.cache.redis_cache import PURGE_BATCH, RedisCache, Write
 from surge.cluster.guarded_redis import TIMEOUTS_BEFORE_DOWN
 from tests.redis_server import REDIS_SERVER, RedisServer, needs_redis, shared_redis_up
 
@@ -221,10 +221,8 @@ def test_a_miss_claims_its_computation_in_the_lookups_round_trip_and_hands_it_ov
         waiting = asyncio.ensure_future(there.wait_for("embed:f", loop.time() + PATIENCE_S))
         await asyncio.sleep(0.02)
         assert not waiting.done()
-        stored = await here.put_many(
-            [("embed:a", b"row a"), ("embed:b", b"row b")], 60,
-            hand_over=("embed:f", b"both rows", 10.0),
-        )  # fmt: skip
+        pairs = [("embed:a", b"row a"), ("embed:b", b"row b")]
+        stored = await here.write_batch([Write(pairs, 60, "embed:f", b"both rows", 10.0)])
         entry = await waiting
         assert stored and entry is not None and entry.value == b"both rows"
         found, taken = await there.get_many_and_claim(rows, "embed:f", 10_000)

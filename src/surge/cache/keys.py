@@ -110,7 +110,7 @@ def _base(identity: bytes, kind: bytes, params: Mapping[str, Any] | None, tenant
     return _base_of(identity, kind, canonical_json(params) if params else b"{}", tenant).copy()
 
 
-@lru_cache(maxsize=1024)  # tenants come from keys, not from requests: still bounded
+@lru_cache(maxsize=1024)  # parameters come from requests: the bound keeps them few
 def _base_of(identity: bytes, kind: bytes, params_json: bytes, tenant: str | None) -> Any:
     h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=PERSON)
     _frame(h, identity)

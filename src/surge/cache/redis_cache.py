@@ -216,28 +216,21 @@ class RedisCache:
         return replies is not None and bool(replies[0])
 
     async def put_many(
-        self,
-        items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
-        ttl_s: float,
-        *,
-        hand_over: tuple[str, bytes, float] | None = None,
+        self, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]], ttl_s: float
     ) -> bool:
-        """Store many values in one round trip (a pipeline of SET PX). With `hand_over`
-        (a claimed flight, its answer and how long its waiters may need it), the same
-        round trip stores the answer under the flight and then releases its lock: in
-        that order, or a waiter seeing neither would compute too."""
+        """Store many values in one round trip (a pipeline of SET PX)."""
         pairs = list(items.items() if isinstance(items, Mapping) else items)
-        write = Write(pairs, ttl_s)
-        if hand_over is not None:
-            write.flight, write.hand_over, write.hand_over_ttl_s = hand_over
-        commands = self._write_commands(write)
-        if not commands:
-            return ttl_s > 0
-        answers = await self._execute(*commands)
-        return ttl_s > 0 and answers is not None and all(answers[: len(pairs)])
+        if not ttl_s > 0:
+            return False
+        if not pairs:
+            return True
+        answers = await self._execute(*self._write_commands(Write(pairs, ttl_s)))
+        return answers is not None and all(answers)
 
     async def write_batch(self, writes: Sequence[Write]) -> bool:
-        """Many misses' writes (write_behind.py) in one pipeline; whether Redis took it."""
+        """Many misses' writes (write_behind.py) in one pipeline; whether Redis took it.
+        A claimed flight's answer is stored before its lock is released (one pipeline
+        keeps the order), or a waiter seeing neither would compute too."""
         commands = [command for write in writes for command in self._write_commands(write)]
         return not commands or await self._execute(*commands) is not None
 

@@ -72,7 +72,8 @@ class WriteBehind:
                 self.dropped += len(batch)
 
     async def drain(self) -> None:
-        """Wait until every queued write was sent (tests, shutdown)."""
+        """Wait until every queued write was sent (tests; at shutdown what is queued is
+        dropped with this process: its rows were only a copy of what memory held)."""
         while self._task is not None and not self._task.done():
             await asyncio.wait({self._task})
 

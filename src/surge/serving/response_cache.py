@@ -43,7 +43,8 @@ from surge.cache.keys import (
     version_identity,
 )
 from surge.cache.memory import MemoryCache
-from surge.cache.write_behind import Write, WriteBehind
+from surge.cache.redis_cache import Write
+from surge.cache.write_behind import WriteBehind
 from surge.config_cache import CacheConfig
 from surge.core.clock import monotonic
 from surge.core.errors import SurgeError
