@@ -11,12 +11,11 @@ into one.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -29,16 +28,14 @@ from surge.cache.keys import (
     model_identity,
 )
 from surge.cache.memory import MemoryCache
+from surge.cache.redis_cache import RedisCache, Write
 from surge.cache.semantic_cache import SemanticCache
+from surge.cache.write_behind import WriteBehind
 from surge.config_llm import ChatCacheConfig
 from surge.core.clock import monotonic
 from surge.llm.answer import ChatAnswer
 from surge.llm.stream import ChatCall, Finish, Piece, Usage
 
-if TYPE_CHECKING:
-    from surge.cache.redis_cache import RedisCache
-
-MAX_WRITES = 256  # background Redis writes at once; past it, memory alone keeps the answer
 CACHE_BACKEND = "cache"  # the backend a reused answer names (X-Surge-Route: model@cache)
 
 
@@ -67,7 +64,8 @@ class ChatCache:
         self.memory = MemoryCache(config.max_bytes)
         self.results: dict[str, int] = {"hit": 0, "miss": 0, "skipped": 0, "similar": 0}
         self.semantic: SemanticCache | None = None  # set when config.semantic is
-        self._writes: set[asyncio.Task[Any]] = set()  # Redis writes in flight (bounded)
+        # Off the answer's path and bounded, as the endpoint cache's writes are.
+        self.writer = WriteBehind(self.redis) if self.redis is not None else None
 
     def scope(self, tenant: str | None) -> str | None:
         return tenant if self.config.scope == "tenant" else None
@@ -139,11 +137,8 @@ class ChatCache:
 
     def _store(self, key: str, value: bytes) -> None:
         self.memory.put(key, value, self.clock(), self.config.ttl_s)
-        if self.redis is not None and self.redis.healthy and len(self._writes) < MAX_WRITES:
-            # Off the answer's path; held here so the task is not collected mid-write.
-            task = asyncio.ensure_future(self.redis.put(key, value, self.config.ttl_s))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if self.writer is not None and self.writer.redis.healthy:
+            self.writer.offer(Write([(key, value)], self.config.ttl_s))
 
 
 def _decoded(value: bytes) -> CachedAnswer:
